@@ -1,0 +1,105 @@
+"""Everything the gateway reads from the environment, in one place.
+
+Settings import this module once; the rest of the code reads Django settings (through
+``gatewaysite.conf``), never ``os.environ``, so ``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("gateway.env")
+
+
+class ConfigError(ValueError):
+    """A variable is set to something the gateway cannot use."""
+
+
+def text(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def integer(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def flag(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")
+
+
+def csv(name: str, default: str) -> list[str]:
+    return [item.strip() for item in text(name, default).split(",") if item.strip()]
+
+
+def node_id() -> str:
+    return text("GATEWAY_NODE_ID", socket.gethostname() or "node")
+
+
+def data_dir() -> Path:
+    path = Path(text("GATEWAY_DATA_DIR", "./var")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class Secrets:
+    django_secret_key: str
+    jwt_secret: str
+
+
+def load_secrets(directory: Path) -> Secrets:
+    """Secrets from the environment, or generated once into ``directory/secrets.json``.
+
+    Generated secrets suit one node; every node of a cluster must be given the same values,
+    or tokens minted on one node are refused by the others.
+    """
+    from_env = {
+        "django_secret_key": os.environ.get("DJANGO_SECRET_KEY", "").strip(),
+        "jwt_secret": os.environ.get("GATEWAY_JWT_SECRET", "").strip(),
+    }
+    if all(from_env.values()):
+        return Secrets(**from_env)
+    path = directory / "secrets.json"
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    changed = False
+    for key in from_env:
+        if not stored.get(key):
+            stored[key] = secrets.token_urlsafe(48)
+            changed = True
+    if changed:
+        path.write_text(json.dumps(stored, indent=2))
+        path.chmod(0o600)
+        logger.warning(
+            "Generated secrets into %s. Set DJANGO_SECRET_KEY and GATEWAY_JWT_SECRET to the "
+            "same values on every node of a cluster.",
+            path,
+        )
+    return Secrets(
+        django_secret_key=from_env["django_secret_key"] or stored["django_secret_key"],
+        jwt_secret=from_env["jwt_secret"] or stored["jwt_secret"],
+    )

@@ -1,0 +1,183 @@
+"""The node: one process's composition root, and its background loops.
+
+A node owns the session registry and hub, the broker, the relay, the delivery side and the
+accounting, and runs their loops on the server's event loop. Roles:
+
+- ``all`` (``rungateway``, or a web server without ``REDIS_URL``): consumes the broker
+  itself and delivers in-process, the fastest path.
+- ``web`` (a web server with ``REDIS_URL``): a separate ``runconsumer`` feeds it through the
+  node's channel layer.
+
+Database work runs on one dedicated thread so it never blocks the event loop, and never
+queues behind the sync views' thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+from channels.layers import get_channel_layer
+from django.db import close_old_connections
+
+from gatewaysite import metrics
+from gatewaysite.conf import gateway_settings
+from push_app.brokers import BaseBroker, create_broker
+from push_app.delivery import ChannelLayerListener, Deliverer
+from push_app.ledger import DeliveryLedger
+from push_app.relay import Relay
+from sessions_app.hub import Hub
+from sessions_app.recorder import SessionRecorder, dead_node_ids
+from sessions_app.registry import SessionManager
+
+logger = logging.getLogger("gateway.node")
+T = TypeVar("T")
+Role = Literal["all", "web"]
+
+
+class Node:
+    #: How often the heartbeat sweep and delivery accounting run.
+    tick_s = 1.0
+
+    def __init__(self, *, role: Role | None = None, broker: BaseBroker | None = None,
+                 address: str = "") -> None:
+        self.node_id = gateway_settings.node_id
+        self.role: Role = role or ("web" if gateway_settings.redis_url else "all")
+        self.started_at = time.time()
+        self.autostart = True
+        self.registry = SessionManager()
+        self.recorder = SessionRecorder(
+            node_id=self.node_id, address=address, broker=gateway_settings.broker,
+            started_at=self.started_at, node_timeout_s=gateway_settings.node_timeout_s,
+        )
+        self.hub = Hub(node_id=self.node_id, registry=self.registry, recorder=self.recorder)
+        self.broker = broker or create_broker(node_id=self.node_id)
+        self.ledger = DeliveryLedger(node_id=self.node_id)
+        self.deliverer = Deliverer(
+            node_id=self.node_id, registry=self.registry, ledger=self.ledger,
+            close_session=self.hub.close, started_ms=int(self.started_at * 1000),
+        )
+        self.relay = Relay(
+            broker=self.broker, db=self.db, node_id=self.node_id,
+            dead_nodes=functools.partial(
+                dead_node_ids, timeout_s=gateway_settings.node_timeout_s, exclude=self.node_id
+            ),
+        )
+        self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._start_lock = asyncio.Lock()
+        self.running = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        metrics.bind_gauges(
+            self.node_id,
+            connections=lambda: len(self.registry),
+            users=lambda: self.registry.user_count,
+            backlog=lambda: self.relay.backlog,
+        )
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the node's database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_executor, _with_fresh_connection, fn, args)
+
+    async def ensure_started(self) -> None:
+        if self.running or not self.autostart:
+            return
+        async with self._start_lock:
+            if not self.running:
+                await self.start()
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.db(self.recorder.start)
+        await self.broker.start()
+        self._spawn(self.relay.run(), "relay")
+        self._spawn(self._housekeeping(), "housekeeping")
+        if self.role == "all":
+            self._spawn(self.broker.consume(self.deliverer.handle_raw), "consume")
+        else:
+            listener = ChannelLayerListener(get_channel_layer(), self.deliverer)
+            self._spawn(listener.run(), "channel-layer")
+        self.running = True
+        logger.info("node %s started (role %s, broker %s)", self.node_id, self.role, self.broker.name)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"gateway-{name}")
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
+
+    async def _housekeeping(self) -> None:
+        last_record = 0.0
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                await self.hub.sweep(timeout_s=gateway_settings.heartbeat_timeout_s)
+                await self.db(self.ledger.write, self.ledger.take())
+                now = time.time()
+                if now - last_record >= gateway_settings.record_interval_s:
+                    last_record = now
+                    await self.record(now=now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("housekeeping round failed; next one in %.0f s", self.tick_s)
+
+    async def record(self, *, now: float, stopping: bool = False) -> None:
+        snapshot = self.recorder.snapshot(self.registry, now=now, stopping=stopping)
+        await self.db(self.recorder.write, snapshot)
+
+    async def stop(self) -> None:
+        """Drain (4012 to every client), stop consuming, write what is pending."""
+        if not self.running:
+            return
+        self.running = False
+        drained = await self.hub.drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        try:
+            await self.relay.flush()
+            await self.db(self.ledger.write, self.ledger.take())
+            await self.record(now=time.time(), stopping=True)
+        except Exception:
+            logger.exception("final database write failed")
+        await self.broker.close()
+        logger.info("node %s stopped; drained %d connection(s)", self.node_id, drained)
+
+
+def _with_fresh_connection(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    # A long-lived thread keeps its connection; drop it if the database closed it.
+    close_old_connections()
+    return fn(*args)
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s stopped", task.get_name(), exc_info=task.exception())
+
+
+_node: Node | None = None
+_node_lock = threading.Lock()
+
+
+def get_node() -> Node:
+    """This process's node, created on first use."""
+    global _node
+    if _node is None:
+        with _node_lock:
+            if _node is None:
+                _node = Node()
+    return _node
+
+
+def set_node(node: Node | None) -> None:
+    """Install a node (``rungateway`` with its role, or a test's); None forgets it."""
+    global _node
+    _node = node

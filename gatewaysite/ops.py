@@ -1,0 +1,62 @@
+"""Operations endpoints: /healthz, /readyz, /metrics (PROTOCOL.md section 3)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from gatewaysite import metrics
+from gatewaysite.node import get_node
+
+#: Each dependency gets this long to answer /readyz.
+CHECK_TIMEOUT_S = 2.0
+
+
+async def healthz(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"status": "ok", "node": get_node().node_id})
+
+
+def _database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def _channel_layer() -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    channel = await layer.new_channel("gateway.readyz.")
+    await layer.send(channel, {"type": "gateway.readyz"})
+    await layer.receive(channel)
+
+
+async def readyz(request: HttpRequest) -> HttpResponse:
+    node = get_node()
+    checks: dict[str, Callable[[], Awaitable[None]]] = {
+        "database": sync_to_async(_database, thread_sensitive=False),
+        "channel_layer": _channel_layer,
+        "broker": node.broker.check,
+    }
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_S)
+            results[name] = "ok"
+        except TimeoutError:
+            results[name] = f"no answer within {CHECK_TIMEOUT_S:g} s"
+        except Exception as exc:
+            results[name] = f"{exc.__class__.__name__}: {exc}"[:300]
+    ready = all(value == "ok" for value in results.values())
+    return JsonResponse(
+        {"status": "ready" if ready else "unavailable", "node": node.node_id, "checks": results},
+        status=200 if ready else 503,
+    )
+
+
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

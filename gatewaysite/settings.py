@@ -1,0 +1,182 @@
+"""Django settings for the gateway.
+
+Every value a deployment changes comes from the environment through ``gatewaysite.env``
+(the table lives in ../shared/PROTOCOL.md section 4 and the README). Code reads these
+settings at use time through ``gatewaysite.conf``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from gatewaysite import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = env.data_dir()
+_secrets = env.load_secrets(DATA_DIR)
+
+SECRET_KEY = _secrets.django_secret_key
+DEBUG = env.flag("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env.csv("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "sessions_app",
+    "push_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "gatewaysite.urls"
+ASGI_APPLICATION = "gatewaysite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env.text("DATABASE_URL", f"sqlite:///{DATA_DIR / 'gateway.sqlite3'}"),
+        conn_max_age=600,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the admin read while the node writes its batches; the timeout rides out
+    # the short write locks those batches take.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve admin and demo assets straight from the apps, even with DEBUG off, without a
+# collectstatic step on a fresh machine.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# --- Channels --------------------------------------------------------------------------
+GATEWAY_NODE_ID = env.node_id()
+REDIS_URL = env.text("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # One prefix per node: a node's web and consumer processes share a layer,
+            # nodes never see each other's traffic through it.
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": f"gateway:{GATEWAY_NODE_ID}:",
+                "capacity": 10_000,
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- REST framework --------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["push_app.api.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["push_app.api.authentication.IsApiClient"],
+    "DEFAULT_PARSER_CLASSES": ["push_app.api.parsers.LimitedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_THROTTLE_CLASSES": ["push_app.api.throttling.ApiClientRateThrottle"],
+    "EXCEPTION_HANDLER": "push_app.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Push gateway API",
+    "DESCRIPTION": "Push JSON to users' WebSocket connections. Contract: PROTOCOL.md v1.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
+
+# --- Gateway ---------------------------------------------------------------------------
+GATEWAY_JWT_SECRET = _secrets.jwt_secret
+GATEWAY_BROKER = env.text("GATEWAY_BROKER", "local")
+GATEWAY_ROCKETMQ_ENDPOINT = env.text("GATEWAY_ROCKETMQ_ENDPOINT", "127.0.0.1:8081")
+GATEWAY_ROCKETMQ_TOPIC = env.text("GATEWAY_ROCKETMQ_TOPIC", "gateway-push")
+GATEWAY_HEARTBEAT_INTERVAL_S = env.integer("GATEWAY_HEARTBEAT_INTERVAL", 25, minimum=1)
+GATEWAY_HEARTBEAT_TIMEOUT_S = env.integer("GATEWAY_HEARTBEAT_TIMEOUT", 60, minimum=1)
+GATEWAY_MAX_CONNECTIONS_PER_USER = env.integer("GATEWAY_MAX_CONNECTIONS_PER_USER", 5, minimum=1)
+GATEWAY_MAX_PAYLOAD_BYTES = env.integer("GATEWAY_MAX_PAYLOAD_BYTES", 65536, minimum=1)
+GATEWAY_MAX_USERS_PER_PUSH = env.integer("GATEWAY_MAX_USERS_PER_PUSH", 1000, minimum=1)
+GATEWAY_MAX_BATCH = env.integer("GATEWAY_MAX_BATCH", 500, minimum=1)
+GATEWAY_MAX_REQUEST_BYTES = env.integer("GATEWAY_MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1)
+GATEWAY_MAX_FRAME_BYTES = env.integer("GATEWAY_MAX_FRAME_BYTES", 4096, minimum=16)
+GATEWAY_MAX_FRAMES_PER_MINUTE = env.integer("GATEWAY_MAX_FRAMES_PER_MINUTE", 120, minimum=1)
+GATEWAY_MAX_SEND_BUFFER_BYTES = env.integer(
+    "GATEWAY_MAX_SEND_BUFFER_BYTES", 1024 * 1024, minimum=1024
+)
+# Not in the v1 contract table; documented in the README.
+GATEWAY_API_RATE_PER_SECOND = env.integer("GATEWAY_API_RATE_PER_SECOND", 2000, minimum=0)
+GATEWAY_NODE_TIMEOUT_S = env.integer("GATEWAY_NODE_TIMEOUT", 30, minimum=3)
+GATEWAY_RECORD_INTERVAL_S = env.integer("GATEWAY_RECORD_INTERVAL", 5, minimum=1)
+GATEWAY_MAX_TOKEN_TTL_S = env.integer("GATEWAY_MAX_TOKEN_TTL", 30 * 24 * 3600, minimum=60)
+
+# The request body limit is enforced by the API's parser with a 413; Django's own check
+# would answer 400 first, so it is raised above ours.
+DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_REQUEST_BYTES + 1024 * 1024
+
+LOG_LEVEL = env.text("GATEWAY_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [" + GATEWAY_NODE_ID + "] %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,52 @@
+"""Every API error as ``{"error": code, "detail": text, "fields": {...}?}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from push_app.validation import RequestInvalid
+
+CODES: dict[type[exceptions.APIException], str] = {
+    exceptions.NotAuthenticated: "unauthorized",
+    exceptions.AuthenticationFailed: "unauthorized",
+    exceptions.PermissionDenied: "forbidden",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.ParseError: "bad_json",
+    exceptions.Throttled: "rate_limited",
+    exceptions.ValidationError: "invalid",
+}
+
+
+def error_body(code: str, detail: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": code, "detail": detail}
+    if fields:
+        body["fields"] = fields
+    return body
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, RequestInvalid):
+        return Response(error_body(exc.code, exc.detail, exc.fields), status=exc.status)
+    response = drf_exception_handler(exc, context)
+    if response is None or not isinstance(exc, exceptions.APIException):
+        return response
+    code = next((c for cls, c in CODES.items() if isinstance(exc, cls)), None)
+    code = code or str(getattr(exc, "default_code", "error"))
+    detail = exc.detail
+    fields = None
+    if isinstance(detail, dict):
+        fields = {k: " ".join(map(str, v)) if isinstance(v, list) else str(v)
+                  for k, v in detail.items()}
+        detail = "invalid request"
+    elif isinstance(detail, list):
+        detail = " ".join(map(str, detail))
+    if response.status_code == 401 and not response.has_header("WWW-Authenticate"):
+        response["WWW-Authenticate"] = "Token"
+    response.data = error_body(code, str(detail), fields)
+    return response

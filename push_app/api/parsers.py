@@ -1,0 +1,34 @@
+"""JSON bodies, limited to GATEWAY_MAX_REQUEST_BYTES with a 413 (batches included)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rest_framework.exceptions import APIException, ParseError
+from rest_framework.parsers import JSONParser
+
+from gatewaysite.conf import gateway_settings
+
+
+class PayloadTooLarge(APIException):
+    status_code = 413
+    default_code = "payload_too_large"
+    default_detail = "Request body too large."
+
+
+class LimitedJSONParser(JSONParser):
+    def parse(self, stream: Any, media_type: str | None = None,
+              parser_context: dict[str, Any] | None = None) -> Any:
+        limit = gateway_settings.max_request_bytes
+        request = (parser_context or {}).get("request")
+        declared = request.META.get("CONTENT_LENGTH") if request is not None else None
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}.")
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ParseError(f"Body is not valid JSON: {exc}") from exc

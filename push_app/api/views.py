@@ -1,0 +1,156 @@
+"""The business REST API (PROTOCOL.md section 2). Thin: validate, call a service, render."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from gatewaysite import metrics
+from gatewaysite.conf import gateway_settings
+from gatewaysite.node import get_node
+from push_app import selectors, services, validation
+from push_app.api.errors import error_body
+from push_app.validation import RequestInvalid
+from sessions_app.tokens import valid_user_id
+
+_PUSH_BODY = inline_serializer("PushBody", {
+    "users": serializers.ListField(child=serializers.CharField(), required=False),
+    "broadcast": serializers.BooleanField(required=False),
+    "data": serializers.JSONField(),
+    "topic": serializers.CharField(required=False),
+    "ttl": serializers.IntegerField(required=False, help_text="seconds"),
+    "idempotency_key": serializers.CharField(required=False),
+})
+_ACCEPTED = inline_serializer("PushAccepted", {
+    "id": serializers.CharField(), "status": serializers.CharField(),
+    "targets": serializers.JSONField(help_text='number of users, or "all"'),
+})
+_ERROR = inline_serializer("Error", {
+    "error": serializers.CharField(), "detail": serializers.CharField(),
+    "fields": serializers.DictField(required=False),
+})
+
+
+def _submit(message: Any) -> None:
+    get_node().relay.submit_threadsafe(message)
+
+
+def _user_id(value: str) -> str:
+    if not valid_user_id(value):
+        raise RequestInvalid("not a user id (1-128 of A-Z a-z 0-9 _ . : @ -)",
+                             fields={"user": "invalid"})
+    return value
+
+
+class PushView(APIView):
+    @extend_schema(
+        request=_PUSH_BODY,
+        responses={202: _ACCEPTED, 200: _ACCEPTED, 400: _ERROR, 401: _ERROR, 413: _ERROR,
+                   429: _ERROR, 503: _ERROR},
+        examples=[OpenApiExample("to two users", value={"users": ["u1", "u2"], "data": {"n": 1}})],
+        summary="Push JSON to users, or to everyone",
+    )
+    def post(self, request: Request) -> Response:
+        try:
+            req = validation.push_request(request.data)
+        except RequestInvalid:
+            metrics.PUSHES.labels(gateway_settings.node_id, "rejected").inc()
+            raise
+        log, created = services.push_create(
+            client=request.auth, req=req, submit=_submit, backlog=get_node().relay.backlog
+        )
+        metrics.PUSHES.labels(gateway_settings.node_id, "accepted" if created else "repeated").inc()
+        return Response(
+            {"id": log.id, "status": log.status, "targets": req.targets if created else
+             ("all" if log.broadcast else log.target_count)},
+            status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        )
+
+
+class PushBatchView(APIView):
+    @extend_schema(
+        request=inline_serializer("PushBatch", {"pushes": serializers.ListField(child=_PUSH_BODY)}),
+        responses={202: OpenApiTypes.OBJECT, 400: _ERROR, 413: _ERROR},
+        summary="Several pushes in one request; one bad item does not sink the others",
+    )
+    def post(self, request: Request) -> Response:
+        items = validation.batch_items(request.data)
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        good: list[tuple[int, validation.PushRequest]] = []
+        for index, item in enumerate(items):
+            try:
+                good.append((index, validation.push_request(item)))
+            except RequestInvalid as exc:
+                results[index] = error_body(exc.code, exc.detail)
+        if good:
+            created = services.push_create_many(
+                client=request.auth, reqs=[req for _, req in good], submit=_submit,
+                backlog=get_node().relay.backlog,
+            )
+            for (index, _), (log, _new) in zip(good, created, strict=True):
+                results[index] = {"id": log.id, "status": log.status}
+        node_id = gateway_settings.node_id
+        metrics.PUSHES.labels(node_id, "accepted").inc(len(good))
+        metrics.PUSHES.labels(node_id, "rejected").inc(len(items) - len(good))
+        return Response({"results": results}, status=status.HTTP_202_ACCEPTED)
+
+
+class PushDetailView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, 404: _ERROR}, summary="A push's status")
+    def get(self, request: Request, push_id: str) -> Response:
+        log = selectors.push_get(client=request.auth, push_id=push_id)
+        if log is None:
+            return Response(error_body("not_found", f"no push {push_id!r} from this client"),
+                            status=status.HTTP_404_NOT_FOUND)
+        return Response(selectors.push_describe(log))
+
+
+class PresenceView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, 400: _ERROR},
+                   summary="Whether a user is online, and where")
+    def get(self, request: Request, user_id: str) -> Response:
+        node = get_node()
+        return Response(selectors.user_presence(
+            user_id=_user_id(user_id), node_id=node.node_id, registry=node.registry,
+            node_timeout_s=gateway_settings.node_timeout_s,
+        ))
+
+
+class DisconnectView(APIView):
+    @extend_schema(
+        request=inline_serializer("Disconnect", {"reason": serializers.CharField(required=False)}),
+        responses={202: OpenApiTypes.OBJECT, 400: _ERROR},
+        summary="Close every connection of a user on every node (4010)",
+    )
+    def post(self, request: Request, user_id: str) -> Response:
+        user_id = _user_id(user_id)
+        reason = validation.disconnect_reason(request.data or None)
+        order = services.user_disconnect(user_id=user_id, reason=reason, submit=_submit)
+        return Response({"id": order.id, "status": "accepted", "user": user_id},
+                        status=status.HTTP_202_ACCEPTED)
+
+
+class TokenView(APIView):
+    @extend_schema(
+        request=inline_serializer("TokenRequest", {
+            "user": serializers.CharField(), "ttl": serializers.IntegerField(required=False),
+            "meta": serializers.DictField(required=False),
+        }),
+        responses={201: inline_serializer("Token", {
+            "token": serializers.CharField(), "expires_at": serializers.DateTimeField(),
+        }), 400: _ERROR},
+        summary="Mint a client token for a user",
+    )
+    def post(self, request: Request) -> Response:
+        token, expires = services.token_create(validation.token_request(request.data))
+        return Response(
+            {"token": token, "expires_at": datetime.fromtimestamp(expires, tz=UTC).isoformat()},
+            status=status.HTTP_201_CREATED,
+        )

@@ -1,0 +1,53 @@
+"""The broker interface: how a push travels from the node that accepted it to every node.
+
+Guarantees every implementation states against these:
+
+- ``publish`` returns only once the broker holds the message (RocketMQ: the send receipt;
+  ``local``: handed to this process's consumers). Otherwise it raises ``BrokerUnavailable``
+  and the caller, the relay, keeps the push and tries again; nothing is dropped here.
+- ``consume`` hands every message to every node (broadcast), at least once: duplicates
+  and redelivered history are possible, so the delivery side skips ids it has seen and
+  messages published before the node started. No ordering is promised across pushes.
+- A handler that raises is logged and the message is skipped, never retried forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from push_app.messages import Message
+
+#: Receives the raw bytes of one broker message; decoding belongs to the delivery side.
+Handler = Callable[[bytes], Awaitable[None]]
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not take the message (down, unreachable, timed out)."""
+
+
+class BaseBroker:
+    """A pluggable broker, loaded from ``push_app.brokers.BACKENDS`` by name."""
+
+    name = "base"
+
+    def __init__(self, *, node_id: str, config: dict[str, Any] | None = None) -> None:
+        self.node_id = node_id
+        self.config = config or {}
+
+    async def start(self) -> None:
+        """Connect; may be called again after ``close``."""
+
+    async def publish(self, message: Message) -> None:
+        raise NotImplementedError(".publish() must be overridden")
+
+    async def consume(self, handler: Handler) -> None:
+        """Feed every message to ``handler`` until cancelled; survive broker outages."""
+        raise NotImplementedError(".consume() must be overridden")
+
+    async def check(self) -> None:
+        """Raise ``BrokerUnavailable`` unless the broker answers now (for /readyz)."""
+        raise NotImplementedError(".check() must be overridden")
+
+    async def close(self) -> None:
+        """Release connections; in-flight ``publish`` calls may fail."""

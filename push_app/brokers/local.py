@@ -1,0 +1,45 @@
+"""The ``local`` broker: one process, no service, for the embedded default and tests.
+
+Like Django's locmem mail backend it keeps an ``outbox`` of what was published, which tests
+read. Guarantee: a published message reaches every consumer of this process exactly once,
+in order; nothing survives the process, and other processes never see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
+from push_app.messages import Message, encode
+
+
+class LocalBroker(BaseBroker):
+    name = "local"
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.outbox: list[bytes] = []
+        self.available = True  # tests flip this to play an outage
+        self._queues: list[asyncio.Queue[bytes]] = []
+
+    async def publish(self, message: Message) -> None:
+        if not self.available:
+            raise BrokerUnavailable("local broker switched off")
+        raw = encode(message)
+        self.outbox.append(raw)
+        del self.outbox[:-1000]  # keep the last thousand for inspection, not forever
+        for queue in self._queues:
+            queue.put_nowait(raw)
+
+    async def consume(self, handler: Handler) -> None:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            while True:
+                await handler(await queue.get())
+        finally:
+            self._queues.remove(queue)
+
+    async def check(self) -> None:
+        if not self.available:
+            raise BrokerUnavailable("local broker switched off")

@@ -1,0 +1,162 @@
+"""From a broker message to this node's sockets.
+
+``Deliverer`` is the hot path: one decoded message, one frame built from it, then that frame
+written to each target connection one after another in this process (a task or a
+channel-layer message per connection is measurably slower). When the web server and the
+broker consumer are separate processes, ``ChannelLayerForwarder`` (in ``runconsumer``) sends
+each raw message once to the node's channel layer group and ``ChannelLayerListener`` (in
+each web process) hands it to that process's ``Deliverer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from gatewaysite import metrics
+from push_app.ledger import DeliveryLedger
+from push_app.messages import BadMessage, ControlMessage, Message, PushMessage, decode
+from sessions_app.close_codes import CloseCode
+from sessions_app.registry import ChannelSession, SessionManager
+
+logger = logging.getLogger("gateway.delivery")
+
+#: Channel-layer group that every web process of a node joins.
+NODE_GROUP = "gateway.node"
+#: Messages published this long before the node started still count as fresh (clock skew
+#: between nodes, and pushes published while this node was starting).
+STALE_GRACE_MS = 5_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Deliverer:
+    clock_ms: Callable[[], int] = staticmethod(now_ms)
+    max_seen = 100_000
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        registry: SessionManager,
+        ledger: DeliveryLedger,
+        close_session: Callable[[ChannelSession, CloseCode], Any],
+        started_ms: int | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.registry = registry
+        self.ledger = ledger
+        self.close_session = close_session
+        self.started_ms = self.clock_ms() if started_ms is None else started_ms
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    async def handle_raw(self, raw: bytes) -> None:
+        try:
+            message = decode(raw)
+        except BadMessage as exc:
+            metrics.SKIPPED.labels(self.node_id, "malformed").inc()
+            logger.warning("skipped a malformed broker message (%s): %.200r", exc, raw)
+            return
+        await self.handle(message)
+
+    async def handle(self, message: Message) -> None:
+        metrics.CONSUMED.labels(self.node_id, message.tag).inc()
+        if message.id in self._seen:
+            metrics.SKIPPED.labels(self.node_id, "duplicate").inc()
+            return
+        self._seen[message.id] = None
+        if len(self._seen) > self.max_seen:
+            self._seen.popitem(last=False)
+        if isinstance(message, PushMessage):
+            await self.deliver_push(message)
+        else:
+            await self.apply_control(message)
+
+    async def deliver_push(self, message: PushMessage) -> int:
+        now = self.clock_ms()
+        published = message.published_ms or message.accepted_ms
+        if published < self.started_ms - STALE_GRACE_MS:
+            metrics.SKIPPED.labels(self.node_id, "stale").inc()
+            return 0
+        if message.expired(now):
+            metrics.SKIPPED.labels(self.node_id, "expired").inc()
+            return 0
+        registry = self.registry
+        targets = (
+            registry.all_sessions() if message.users is None else registry.sessions_of(message.users)
+        )
+        frame = message.frame()
+        sent = 0
+        for session in targets:
+            if await session.connection.send_frame(frame):
+                sent += 1
+        if sent:
+            self.ledger.delivered(message.id, sent)
+            metrics.DELIVERIES.labels(self.node_id).inc(sent)
+            latency_s = max(0, self.clock_ms() - message.accepted_ms) / 1000
+            metrics.PUSH_LATENCY.labels(self.node_id).observe(latency_s)
+        else:
+            metrics.SKIPPED.labels(self.node_id, "no_local_session").inc()
+        return sent
+
+    async def apply_control(self, message: ControlMessage) -> int:
+        targets = list(self.registry.sessions_of(message.users))
+        for session_id in message.session_ids:
+            session = self.registry.get(session_id)
+            if session is not None and session not in targets:
+                targets.append(session)
+        for session in targets:
+            await self.close_session(session, CloseCode.DISCONNECTED)
+        if targets:
+            logger.info(
+                "closed %d connection(s) by order %s: %s", len(targets), message.id, message.reason
+            )
+        return len(targets)
+
+
+class ChannelLayerForwarder:
+    """In ``runconsumer``: one channel-layer message per broker message, to the node group."""
+
+    def __init__(self, channel_layer: Any) -> None:
+        self.channel_layer = channel_layer
+
+    async def __call__(self, raw: bytes) -> None:
+        await self.channel_layer.group_send(NODE_GROUP, {"type": "gateway.message", "raw": raw})
+
+
+class ChannelLayerListener:
+    """In a web process: receives the node group's messages and delivers them here."""
+
+    #: channels_redis forgets group members after a day; rejoin well before that.
+    rejoin_every_s = 3600.0
+
+    def __init__(self, channel_layer: Any, deliverer: Deliverer) -> None:
+        self.channel_layer = channel_layer
+        self.deliverer = deliverer
+
+    async def run(self) -> None:
+        channel = await self.channel_layer.new_channel("gateway.web.")
+        await self.channel_layer.group_add(NODE_GROUP, channel)
+        loop = asyncio.get_running_loop()
+        joined = loop.time()
+        try:
+            while True:
+                try:
+                    event = await self.channel_layer.receive(channel)
+                    await self.deliverer.handle_raw(event["raw"])
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("channel layer receive failed; retrying in 1 s")
+                    await asyncio.sleep(1)
+                if loop.time() - joined > self.rejoin_every_s:
+                    await self.channel_layer.group_add(NODE_GROUP, channel)
+                    joined = loop.time()
+        finally:
+            await self.channel_layer.group_discard(NODE_GROUP, channel)

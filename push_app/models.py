@@ -1,0 +1,90 @@
+"""API clients and the push log."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class ApiClient(models.Model):
+    """A business system that may call the REST API. Its key is stored hashed."""
+
+    name = models.CharField(max_length=100, unique=True)
+    key_prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    # DRF's permission classes ask the authenticated principal this.
+    is_authenticated = True
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API client"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PushStatus(models.TextChoices):
+    ACCEPTED = "accepted"
+    PUBLISHED = "published"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class PushLog(models.Model):
+    """One accepted push: stored before it is published, so none is lost."""
+
+    id = models.CharField(primary_key=True, max_length=32)
+    client = models.ForeignKey(
+        ApiClient, null=True, blank=True, on_delete=models.SET_NULL, related_name="pushes"
+    )
+    status = models.CharField(
+        max_length=16, choices=PushStatus.choices, default=PushStatus.ACCEPTED
+    )
+    broadcast = models.BooleanField(default=False)
+    users = models.JSONField(default=list, blank=True)
+    target_count = models.PositiveIntegerField(default=0)
+    topic = models.CharField(max_length=200, null=True, blank=True)
+    data_json = models.TextField()
+    payload_bytes = models.PositiveIntegerField(default=0)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    ttl_s = models.PositiveIntegerField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    accepted_node = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    delivered = models.PositiveIntegerField(default=0)
+    acked = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "push log"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="push_idempotency_key_per_client",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class PushDelivery(models.Model):
+    """What one node delivered of one push: the per-node counts behind PushLog's totals."""
+
+    push = models.ForeignKey(PushLog, on_delete=models.CASCADE, related_name="deliveries")
+    node_id = models.CharField(max_length=128)
+    delivered = models.PositiveIntegerField(default=0)
+    acked = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["push", "node_id"], name="push_delivery_per_node")
+        ]

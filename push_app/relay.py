@@ -1,0 +1,205 @@
+"""The relay: publishes accepted pushes to the broker, and keeps them through outages.
+
+A push is in the database (status ``accepted``) before it reaches the relay. The relay
+publishes it and records ``published``; while the broker is down it keeps the push and
+retries with back-off; a push whose ``ttl`` runs out first is marked ``failed``. Pushes left
+``accepted`` by a process that died (this node's earlier life, or a node that stopped
+beating) are found in the database and published by ``recover``, so none is lost; the
+delivery side drops the duplicates this can cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from django.db import transaction
+from django.utils import timezone
+
+from gatewaysite import metrics
+from push_app.brokers.base import BaseBroker, BrokerUnavailable
+from push_app.messages import Message, PushMessage
+from push_app.models import PushLog, PushStatus
+from push_app.services import push_message
+
+logger = logging.getLogger("gateway.relay")
+T = TypeVar("T")
+DbRunner = Callable[..., Awaitable[Any]]
+
+TTL_FAILURE = "ttl ran out before the broker accepted the push"
+
+
+class Relay:
+    clock: Callable[[], float] = staticmethod(time.time)
+    #: How many publishes may be in flight at once.
+    window = 64
+    retry_delays_s = (0.2, 0.5, 1.0, 2.0, 5.0)
+    #: A push still ``accepted`` this long after creation is presumed orphaned.
+    orphan_after_s = 10.0
+    recover_every_s = 15.0
+
+    def __init__(
+        self, *, broker: BaseBroker, db: DbRunner, node_id: str,
+        dead_nodes: Callable[[], list[str]] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.db = db
+        self.node_id = node_id
+        self.dead_nodes = dead_nodes or (lambda: [])
+        self.pending: deque[Message] = deque()
+        self._pending_ids: set[str] = set()
+        self._published: list[str] = []
+        self._failed: list[str] = []
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.broker_up = True
+
+    @property
+    def backlog(self) -> int:
+        return len(self.pending)
+
+    def submit(self, message: Message) -> None:
+        """Queue a stored push, or a control order, for publishing (on the event loop)."""
+        if message.id in self._pending_ids:
+            return
+        self._pending_ids.add(message.id)
+        self.pending.append(message)
+        self._wakeup.set()
+
+    def submit_threadsafe(self, message: Message) -> None:
+        """From a sync view's thread; without a running relay the push waits for ``recover``."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.submit, message)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.recover()
+        last_recover = self.clock()
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            try:
+                while self.pending:
+                    if await self.publish_some():
+                        failures = 0
+                    else:
+                        delay = self.retry_delays_s[min(failures, len(self.retry_delays_s) - 1)]
+                        failures += 1
+                        await self.flush()
+                        await asyncio.sleep(delay)
+                await self.flush()
+                if self.clock() - last_recover >= self.recover_every_s:
+                    last_recover = self.clock()
+                    await self.recover()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("relay round failed; retrying")
+                await asyncio.sleep(1)
+
+    async def publish_some(self) -> bool:
+        """Publish up to ``window`` pending pushes; False if the broker refused any."""
+        now = self.clock()
+        batch: list[Message] = []
+        while self.pending and len(batch) < self.window:
+            message = self.pending.popleft()
+            if message.expired(int(now * 1000)):
+                self._pending_ids.discard(message.id)
+                if isinstance(message, PushMessage):
+                    self._failed.append(message.id)
+                else:
+                    logger.warning("dropped control order %s: broker down past its ttl", message.id)
+                continue
+            batch.append(message)
+        if not batch:
+            return True
+        results = await asyncio.gather(*(self._publish(m) for m in batch))
+        refused = [m for m, ok in zip(batch, results, strict=True) if not ok]
+        for message, ok in zip(batch, results, strict=True):
+            if ok:
+                self._pending_ids.discard(message.id)
+                if isinstance(message, PushMessage):
+                    self._published.append(message.id)
+        # Refused pushes go back to the front, in their order, to be tried again.
+        self.pending.extendleft(reversed(refused))
+        self.broker_up = not refused
+        return not refused
+
+    async def _publish(self, message: Message) -> bool:
+        started = time.perf_counter()
+        stamped: Message = message
+        if isinstance(message, PushMessage):
+            stamped = dataclasses.replace(message, published_ms=int(self.clock() * 1000))
+        try:
+            await self.broker.publish(stamped)
+        except BrokerUnavailable as exc:
+            metrics.BROKER_ERRORS.labels(self.node_id, "publish").inc()
+            if self.broker_up:
+                logger.warning("broker refused push %s, keeping it: %s", message.id, exc)
+            return False
+        except Exception:
+            metrics.BROKER_ERRORS.labels(self.node_id, "publish").inc()
+            logger.exception("publishing push %s failed, keeping it", message.id)
+            return False
+        metrics.PUBLISHED.labels(self.node_id).inc()
+        metrics.PUBLISH_LATENCY.labels(self.node_id).observe(time.perf_counter() - started)
+        return True
+
+    async def flush(self) -> None:
+        published, self._published = self._published, []
+        failed, self._failed = self._failed, []
+        if published or failed:
+            await self.db(_record_outcomes, published, failed)
+
+    async def recover(self) -> None:
+        """Queue pushes left ``accepted`` by a dead process; fail those past their ttl."""
+        logs = await self.db(_orphans, self.node_id, self.dead_nodes, self.orphan_after_s, self.clock())
+        for log in logs:
+            if log.id not in self._pending_ids:
+                self.submit(push_message(log))
+        if logs:
+            logger.info("relay recovered %d unpublished push(es)", len(logs))
+
+
+def _record_outcomes(published: list[str], failed: list[str]) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        if published:
+            PushLog.objects.filter(id__in=published, published_at__isnull=True).update(
+                published_at=now
+            )
+            PushLog.objects.filter(id__in=published, status=PushStatus.ACCEPTED).update(
+                status=PushStatus.PUBLISHED
+            )
+        if failed:
+            PushLog.objects.filter(id__in=failed, status=PushStatus.ACCEPTED).update(
+                status=PushStatus.FAILED, error=TTL_FAILURE
+            )
+
+
+def _orphans(
+    node_id: str, dead_nodes: Callable[[], list[str]], older_than_s: float, now: float
+) -> list[PushLog]:
+    owners = [node_id, *dead_nodes()]
+    now_dt = datetime.fromtimestamp(now, tz=UTC)
+    PushLog.objects.filter(status=PushStatus.ACCEPTED, expires_at__lte=now_dt).update(
+        status=PushStatus.FAILED, error=TTL_FAILURE
+    )
+    return list(
+        PushLog.objects.filter(
+            status=PushStatus.ACCEPTED,
+            accepted_node__in=owners,
+            created_at__lte=now_dt - timedelta(seconds=older_than_s),
+        ).order_by("created_at")[:10_000]
+    )

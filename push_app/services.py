@@ -1,0 +1,206 @@
+"""Writes of the push side: pushes, disconnect orders, tokens, API keys.
+
+Every push is stored (``accepted``) in the same transaction that decides it exists, and is
+handed to the node's relay only once that transaction commits, so a push the API answered
+202 for is in the database whatever happens next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+
+from gatewaysite.conf import gateway_settings
+from push_app.messages import ControlMessage, Message, PushMessage
+from push_app.models import ApiClient, PushLog
+from push_app.validation import PushRequest, RequestInvalid, TokenRequest
+from sessions_app.tokens import encode_token
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+#: Past this many unpublished messages in this process, new pushes get 503.
+MAX_RELAY_BACKLOG = 100_000
+KEY_PREFIX = "gw"
+
+Submit = Callable[[Message], None]
+
+
+def new_push_id(now: float | None = None) -> str:
+    """32 hex characters: milliseconds first, so ids sort by acceptance time."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{os.urandom(10).hex()}"
+
+
+def push_message(log: PushLog) -> PushMessage:
+    return PushMessage(
+        id=log.id,
+        users=None if log.broadcast else tuple(log.users),
+        data_json=log.data_json,
+        topic=log.topic,
+        accepted_ms=int(log.created_at.timestamp() * 1000),
+        expires_ms=int(log.expires_at.timestamp() * 1000) if log.expires_at else None,
+    )
+
+
+def _check_capacity(backlog: int) -> None:
+    if backlog > MAX_RELAY_BACKLOG:
+        raise RequestInvalid(
+            f"the broker is unreachable and {backlog} pushes already wait for it",
+            code="broker_unavailable", status=503,
+        )
+
+
+def _build_log(client: ApiClient | None, req: PushRequest, now: timezone.datetime) -> PushLog:
+    return PushLog(
+        id=new_push_id(now.timestamp()),
+        client=client,
+        broadcast=req.users is None,
+        users=[] if req.users is None else list(req.users),
+        target_count=0 if req.users is None else len(req.users),
+        topic=req.topic,
+        data_json=req.data_json,
+        payload_bytes=len(req.data_json.encode()),
+        idempotency_key=req.idempotency_key,
+        ttl_s=req.ttl_s,
+        expires_at=now + timedelta(seconds=req.ttl_s) if req.ttl_s else None,
+        accepted_node=gateway_settings.node_id,
+        created_at=now,
+    )
+
+
+def _existing(client: ApiClient | None, key: str | None, now: timezone.datetime) -> PushLog | None:
+    """The push an idempotency key already made within 24 h; frees an older use of the key."""
+    if client is None or key is None:
+        return None
+    first = PushLog.objects.filter(client=client, idempotency_key=key).first()
+    if first is None:
+        return None
+    if first.created_at >= now - IDEMPOTENCY_WINDOW:
+        return first
+    PushLog.objects.filter(pk=first.pk).update(idempotency_key=None)
+    return None
+
+
+def push_create(*, client: ApiClient | None, req: PushRequest, submit: Submit,
+                backlog: int = 0) -> tuple[PushLog, bool]:
+    """Store one push and queue it for the broker; ``(log, False)`` for a repeated key."""
+    return push_create_many(client=client, reqs=[req], submit=submit, backlog=backlog)[0]
+
+
+def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submit: Submit,
+                     backlog: int = 0) -> list[tuple[PushLog, bool]]:
+    """Store several pushes in one transaction (one commit for a whole batch)."""
+    _check_capacity(backlog)
+    now = timezone.now()
+    results: list[tuple[PushLog, bool]] = []
+    try:
+        with transaction.atomic():
+            for req in reqs:
+                existing = _existing(client, req.idempotency_key, now)
+                if existing is not None:
+                    results.append((existing, False))
+                    continue
+                log = _build_log(client, req, now)
+                if req.idempotency_key is None:
+                    log.save(force_insert=True)
+                else:
+                    try:
+                        with transaction.atomic():
+                            log.save(force_insert=True)
+                    except IntegrityError:
+                        # A concurrent request with the same key won the race.
+                        first = PushLog.objects.get(client=client, idempotency_key=req.idempotency_key)
+                        results.append((first, False))
+                        continue
+                results.append((log, True))
+                message = push_message(log)
+                transaction.on_commit(lambda m=message: submit(m))  # type: ignore[misc]
+    except DatabaseError as exc:
+        raise RequestInvalid(
+            f"the push could not be stored: {exc.__class__.__name__}",
+            code="unavailable", status=503,
+        ) from exc
+    return results
+
+
+def user_disconnect(*, user_id: str, reason: str, submit: Submit) -> ControlMessage:
+    """Order every node to close the user's connections with 4010."""
+    return _control(users=(user_id,), session_ids=(), reason=reason, submit=submit)
+
+
+def sessions_disconnect(*, session_ids: list[str], reason: str, submit: Submit) -> ControlMessage:
+    """Order whichever nodes hold these sessions to close them with 4010."""
+    return _control(users=(), session_ids=tuple(session_ids), reason=reason, submit=submit)
+
+
+def _control(*, users: tuple[str, ...], session_ids: tuple[str, ...], reason: str,
+             submit: Submit) -> ControlMessage:
+    message = ControlMessage(
+        id=f"c{uuid.uuid4().hex[:31]}", action="disconnect", users=users,
+        session_ids=session_ids, reason=reason, issued_ms=int(time.time() * 1000),
+    )
+    submit(message)
+    return message
+
+
+def token_create(req: TokenRequest) -> tuple[str, int]:
+    return encode_token(
+        user_id=req.user_id, ttl_s=req.ttl_s, secret=gateway_settings.jwt_secret, meta=req.meta
+    )
+
+
+# --- API keys ---------------------------------------------------------------------------
+
+def _hash_key(key: str) -> str:
+    # Keys are 256-bit random strings, so a fast hash is enough; no password stretching.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_client_create(*, name: str) -> tuple[ApiClient, str]:
+    """A new client and its key; the key is shown once and stored hashed."""
+    client = ApiClient(name=name)
+    key = _assign_key(client)
+    client.save()
+    return client, key
+
+
+def api_client_rotate(*, client: ApiClient) -> str:
+    key = _assign_key(client)
+    client.save(update_fields=["key_prefix", "key_hash"])
+    return key
+
+
+def _assign_key(client: ApiClient) -> str:
+    prefix = secrets.token_hex(4)
+    key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    client.key_prefix = prefix
+    client.key_hash = _hash_key(key)
+    return key
+
+
+def api_client_for_key(key: str) -> ApiClient | None:
+    """The client a key belongs to (active or not), or None."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    client = ApiClient.objects.filter(key_prefix=parts[1]).first()
+    if client is None or not hmac.compare_digest(client.key_hash, _hash_key(key)):
+        return None
+    return client
+
+
+def api_client_touch(client: ApiClient, *, every: timedelta = timedelta(minutes=1)) -> None:
+    """Record use, at most once a minute, so auth does not cost a write per request."""
+    now = timezone.now()
+    if client.last_used_at is None or now - client.last_used_at >= every:
+        client.last_used_at = now
+        ApiClient.objects.filter(pk=client.pk).update(last_used_at=now)

@@ -1,0 +1,148 @@
+"""Validation of API request bodies into typed requests, with the contract's errors.
+
+Hand-written rather than DRF serializers: these run on every push, and the errors must
+name the exact field and limit. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gatewaysite.conf import gateway_settings
+from sessions_app.tokens import valid_user_id
+
+MAX_TTL_S = 7 * 24 * 3600
+MAX_TOPIC_CHARS = 200
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+
+class RequestInvalid(Exception):
+    """A request the API refuses: rendered as ``{"error", "detail", "fields"?}``."""
+
+    def __init__(self, detail: str, *, code: str = "invalid", status: int = 400,
+                 fields: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+        self.status = status
+        self.fields = fields
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    users: tuple[str, ...] | None  # None: broadcast
+    data_json: str
+    topic: str | None
+    ttl_s: int | None
+    idempotency_key: str | None
+
+    @property
+    def targets(self) -> int | str:
+        return "all" if self.users is None else len(self.users)
+
+
+def _invalid(field: str, message: str) -> RequestInvalid:
+    return RequestInvalid(f"{field}: {message}", fields={field: message})
+
+
+def push_request(body: Any) -> PushRequest:
+    """One push body (PROTOCOL.md section 2) or ``RequestInvalid``."""
+    if not isinstance(body, dict):
+        raise RequestInvalid("a push must be a JSON object")
+    unknown = set(body) - {"users", "broadcast", "data", "topic", "ttl", "idempotency_key"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise _invalid(name, "unknown field")
+    if "data" not in body:
+        raise _invalid("data", "required")
+    broadcast = body.get("broadcast", False)
+    if not isinstance(broadcast, bool):
+        raise _invalid("broadcast", "must be true or false")
+    users: tuple[str, ...] | None
+    if broadcast:
+        if body.get("users") is not None:
+            raise _invalid("users", "not allowed with broadcast")
+        users = None
+    else:
+        raw_users = body.get("users")
+        if not isinstance(raw_users, list) or not raw_users:
+            raise _invalid("users", 'required: a non-empty list of user ids, or "broadcast": true')
+        limit = gateway_settings.max_users_per_push
+        if len(raw_users) > limit:
+            raise _invalid("users", f"at most {limit} users per push, got {len(raw_users)}")
+        for user in raw_users:
+            if not valid_user_id(user):
+                raise _invalid("users", f"{str(user)[:64]!r} is not a user id "
+                               "(1-128 of A-Z a-z 0-9 _ . : @ -)")
+        users = tuple(dict.fromkeys(raw_users))  # duplicates would double-deliver
+    topic = body.get("topic")
+    if topic is not None and (not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_CHARS):
+        raise _invalid("topic", f"a string of 1-{MAX_TOPIC_CHARS} characters")
+    ttl = body.get("ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int)
+                            or not 0 < ttl <= MAX_TTL_S):
+        raise _invalid("ttl", f"whole seconds from 1 to {MAX_TTL_S}")
+    key = body.get("idempotency_key")
+    if key is not None and (not isinstance(key, str)
+                            or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):
+        raise _invalid("idempotency_key", f"a string of 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters")
+    data_json = json.dumps(body["data"], separators=(",", ":"), ensure_ascii=False)
+    limit = gateway_settings.max_payload_bytes
+    size = len(data_json.encode())
+    if size > limit:
+        raise RequestInvalid(
+            f"data is {size} bytes once serialised; the limit is {limit}",
+            code="payload_too_large", status=413,
+        )
+    return PushRequest(users=users, data_json=data_json, topic=topic, ttl_s=ttl,
+                       idempotency_key=key)
+
+
+def batch_items(body: Any) -> list[Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("pushes"), list):
+        raise _invalid("pushes", "required: a list of push bodies")
+    items = body["pushes"]
+    limit = gateway_settings.max_batch
+    if not items:
+        raise _invalid("pushes", "empty")
+    if len(items) > limit:
+        raise _invalid("pushes", f"at most {limit} pushes per batch, got {len(items)}")
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    user_id: str
+    ttl_s: int
+    meta: dict[str, Any]
+
+
+def token_request(body: Any) -> TokenRequest:
+    if not isinstance(body, dict):
+        raise RequestInvalid("body must be a JSON object")
+    user = body.get("user")
+    if not valid_user_id(user):
+        raise _invalid("user", "required: 1-128 of A-Z a-z 0-9 _ . : @ -")
+    ttl = body.get("ttl", 3600)
+    limit = gateway_settings.max_token_ttl_s
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= limit:
+        raise _invalid("ttl", f"whole seconds from 1 to {limit}")
+    meta = body.get("meta", {})
+    if not isinstance(meta, dict):
+        raise _invalid("meta", "must be a JSON object")
+    if len(json.dumps(meta)) > 2048:
+        raise _invalid("meta", "at most 2048 bytes once serialised")
+    return TokenRequest(user_id=str(user), ttl_s=ttl, meta=meta)
+
+
+def disconnect_reason(body: Any) -> str:
+    if body is None:
+        return ""
+    if not isinstance(body, dict):
+        raise RequestInvalid("body must be a JSON object")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 200:
+        raise _invalid("reason", "a string of at most 200 characters")
+    return reason

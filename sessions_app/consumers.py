@@ -1,0 +1,151 @@
+"""The client WebSocket consumer: thin, and lean on the hot path.
+
+It follows Channels' consumer shape (``as_asgi``, one method per ASGI event) but skips two
+per-frame costs of ``AsyncWebsocketConsumer``: it joins no channel layer (pushes reach it
+in-process through the registry) and does not run ``aclose_old_connections`` through a
+thread before every frame (it never touches the database).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from channels.consumer import AsyncConsumer
+
+from gatewaysite import metrics
+from gatewaysite.conf import gateway_settings
+from gatewaysite.node import Node, get_node
+from sessions_app import frames
+from sessions_app.close_codes import CloseCode
+from sessions_app.flow import SendBuffer, UnboundedSendBuffer, send_buffer_for
+from sessions_app.registry import ChannelSession
+from sessions_app.tokens import InvalidToken, decode_token
+
+
+class GatewayConsumer(AsyncConsumer):
+    node: Node
+    session: ChannelSession | None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.base_send = send
+        self.node = get_node()
+        await self.node.ensure_started()
+        self.session = None
+        self.closed = False
+        self.buffer: SendBuffer = UnboundedSendBuffer()
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                await self.websocket_receive(message)
+            elif kind == "websocket.connect":
+                await self.websocket_connect(message)
+            elif kind == "websocket.disconnect":
+                self.websocket_disconnect(message)
+                return
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        # Accept first, then close: browsers only see a close code after a handshake.
+        await self.base_send({"type": "websocket.accept"})
+        if self.node.hub.draining:
+            await self._close(CloseCode.DRAINING, CloseCode.DRAINING.reason)
+            return
+        try:
+            claims = decode_token(
+                frames.token_from_scope(self.scope), secret=gateway_settings.jwt_secret
+            )
+        except InvalidToken as exc:
+            metrics.AUTH_FAILURES.labels(self.node.node_id).inc()
+            await self._close(CloseCode.UNAUTHORIZED, str(exc))
+            return
+        self.buffer = send_buffer_for(
+            self.base_send, max_bytes=gateway_settings.max_send_buffer_bytes
+        )
+        now = time.time()
+        client = self.scope.get("client") or ("", 0)
+        self.session = ChannelSession(
+            session_id=uuid.uuid4().hex,
+            user_id=claims.user_id,
+            connection=self,
+            connected_at=now,
+            last_seen=now,
+            remote_addr=str(client[0] or ""),
+            user_agent=frames.header(self.scope, b"user-agent"),
+            meta=claims.meta,
+        )
+        await self.node.hub.open(
+            self.session, max_per_user=gateway_settings.max_connections_per_user
+        )
+        await self.send_frame(frames.welcome(
+            session_id=self.session.session_id,
+            node_id=self.node.node_id,
+            user_id=claims.user_id,
+            interval_s=gateway_settings.heartbeat_interval_s,
+            timeout_s=gateway_settings.heartbeat_timeout_s,
+        ))
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        session = self.session
+        if session is None or self.closed:
+            return
+        text: str | None = message.get("text")
+        raw: bytes = message.get("bytes") or b""
+        max_frame = gateway_settings.max_frame_bytes
+        if text is not None:
+            # Characters are at most 4 bytes: encode only when the frame might be too big.
+            size = len(text) if len(text) * 4 <= max_frame else len(text.encode())
+        else:
+            size = len(raw)
+        hub = self.node.hub
+        if size > max_frame:
+            await hub.close(session, CloseCode.FRAME_TOO_BIG)
+            return
+        if not session.count_frame(time.time(), max_per_minute=gateway_settings.max_frames_per_minute,
+                                   alive=text is not None):
+            await hub.close(session, CloseCode.TOO_MANY_FRAMES)
+            return
+        if text is None:
+            metrics.FRAMES.labels(self.node.node_id, "binary").inc()
+            await self.send_frame(frames.error("binary frames are not supported; send JSON text"))
+            return
+        try:
+            frame = frames.parse(text)
+        except frames.BadFrame as exc:
+            metrics.FRAMES.labels(self.node.node_id, "bad").inc()
+            await self.send_frame(frames.error(str(exc)))
+            return
+        kind = frame["type"]
+        metrics.FRAMES.labels(self.node.node_id, kind).inc()
+        if kind == "ping":
+            await self.send_frame(frames.pong(int(time.time() * 1000)))
+        else:
+            self.node.ledger.acked(frame["id"])
+
+    def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        self.closed = True
+        if self.session is not None:
+            self.node.hub.forget(self.session, code=int(message.get("code") or 1006))
+
+    # Connection (what the registry and the hub call) ---------------------------------
+    async def send_frame(self, frame: str) -> bool:
+        if self.closed:
+            return False
+        if not self.buffer.admit(len(frame)):
+            if self.session is not None:
+                await self.node.hub.close(self.session, CloseCode.TOO_SLOW)
+            return False
+        await self.base_send({"type": "websocket.send", "text": frame})
+        return True
+
+    async def close(self, code: CloseCode) -> None:
+        await self._close(code, code.reason)
+
+    async def _close(self, code: CloseCode, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.base_send({"type": "websocket.close", "code": int(code), "reason": reason})
+        self.buffer.abort_if_stuck()

@@ -1,0 +1,62 @@
+"""Client frames (PROTOCOL.md section 1): parsing what arrives, building what is sent."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+
+class BadFrame(ValueError):
+    """A frame the server answers with ``{"type": "error", "code": "bad_frame"}``."""
+
+
+def parse(text: str) -> dict[str, Any]:
+    try:
+        frame = json.loads(text)
+    except ValueError as exc:
+        raise BadFrame("frame is not JSON") from exc
+    if not isinstance(frame, dict):
+        raise BadFrame("frame is not a JSON object")
+    kind = frame.get("type")
+    if kind == "ack":
+        if not isinstance(frame.get("id"), str):
+            raise BadFrame('ack needs "id", a push id string')
+    elif kind != "ping":
+        raise BadFrame(f"unknown frame type {kind!r}; expected ping or ack")
+    return frame
+
+
+def welcome(*, session_id: str, node_id: str, user_id: str, interval_s: int, timeout_s: int) -> str:
+    return json.dumps({
+        "type": "welcome", "session": session_id, "node": node_id, "user": user_id,
+        "heartbeat": {"interval": interval_s, "timeout": timeout_s},
+    })
+
+
+def pong(now_ms: int) -> str:
+    return '{"type":"pong","ts":' + str(now_ms) + "}"
+
+
+def error(detail: str, code: str = "bad_frame") -> str:
+    return json.dumps({"type": "error", "code": code, "detail": detail})
+
+
+def token_from_scope(scope: dict[str, Any]) -> str:
+    """``?token=`` first (browsers), then ``Authorization: Bearer`` (other clients)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if query.get("token"):
+        return query["token"][0]
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return credentials.strip()
+    return ""
+
+
+def header(scope: dict[str, Any], wanted: bytes) -> str:
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return str(value.decode("latin-1"))
+    return ""

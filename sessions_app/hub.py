@@ -1,0 +1,72 @@
+"""The hub: what a node does with its sessions (open, close, sweep, drain).
+
+It wraps the registry (the data) with the side effects every change brings: the
+database recorder, metrics, and the close frame to the client. Consumers, the delivery
+side and the sweep all close sessions through ``close`` so each close is counted once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from gatewaysite import metrics
+from sessions_app.close_codes import CloseCode
+from sessions_app.recorder import SessionRecorder
+from sessions_app.registry import ChannelSession, SessionManager
+
+logger = logging.getLogger("gateway.sessions")
+
+
+class Hub:
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    def __init__(self, *, node_id: str, registry: SessionManager, recorder: SessionRecorder) -> None:
+        self.node_id = node_id
+        self.registry = registry
+        self.recorder = recorder
+        self.draining = False
+
+    async def open(self, session: ChannelSession, *, max_per_user: int) -> None:
+        """Register a session; close the user's oldest past the cap with 4009."""
+        evicted = self.registry.register(session, max_per_user=max_per_user)
+        self.recorder.opened(session)
+        metrics.CONNECTS.labels(self.node_id).inc()
+        for old in evicted:
+            await self._closed(old, CloseCode.REPLACED)
+
+    async def close(self, session: ChannelSession, code: CloseCode) -> None:
+        """Forget a session and send it ``code``; a no-op if it is already gone."""
+        if self.registry.unregister(session):
+            await self._closed(session, code)
+
+    def forget(self, session: ChannelSession, *, code: int) -> None:
+        """The client went away by itself (``websocket.disconnect``)."""
+        if self.registry.unregister(session):
+            self.recorder.closed(session, code=code, at=self.clock())
+            metrics.DISCONNECTS.labels(self.node_id, str(code)).inc()
+
+    async def _closed(self, session: ChannelSession, code: CloseCode) -> None:
+        self.recorder.closed(session, code=int(code), at=self.clock())
+        metrics.DISCONNECTS.labels(self.node_id, str(int(code))).inc()
+        try:
+            await session.connection.close(code)
+        except Exception:
+            logger.exception("closing session %s with %d failed", session.session_id, code)
+
+    async def sweep(self, *, timeout_s: float, now: float | None = None) -> int:
+        """Close every session silent for ``timeout_s`` with 4008."""
+        expired = self.registry.expired(timeout_s=timeout_s, now=now)
+        for session in expired:
+            metrics.HEARTBEAT_TIMEOUTS.labels(self.node_id).inc()
+            await self.close(session, CloseCode.HEARTBEAT_TIMEOUT)
+        return len(expired)
+
+    async def drain(self) -> int:
+        """Close every session with 4012 so clients reconnect elsewhere; refuse new ones."""
+        self.draining = True
+        sessions = self.registry.all_sessions()
+        for session in sessions:
+            await self.close(session, CloseCode.DRAINING)
+        return len(sessions)

@@ -1,0 +1,143 @@
+"""Writes this node and its sessions to the database in batches, never per heartbeat.
+
+``snapshot`` runs on the event loop and copies what changed into plain data; ``write`` runs
+in a database thread. Besides its own rows, each node expires the open sessions of nodes
+that stopped beating, so presence never shows a dead node's users as online.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from sessions_app.models import Node, SessionRecord
+from sessions_app.registry import ChannelSession, SessionManager
+
+#: Close code written for sessions of a node that died: the client saw the drop as 1006.
+DEAD_NODE_CLOSE_CODE = 1006
+
+
+def _dt(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, tz=UTC)
+
+
+@dataclass
+class Snapshot:
+    now: float
+    connections: int
+    users: int
+    opened: list[dict[str, Any]] = field(default_factory=list)
+    closed: list[tuple[str, float, int]] = field(default_factory=list)
+    seen: list[tuple[str, float]] = field(default_factory=list)
+    stopping: bool = False
+
+
+class SessionRecorder:
+    #: A live session's ``last_seen`` is rewritten at most this often.
+    seen_every_s = 30.0
+
+    def __init__(self, *, node_id: str, address: str, broker: str, started_at: float,
+                 node_timeout_s: int) -> None:
+        self.node_id = node_id
+        self.address = address or f"pid {os.getpid()}"
+        self.broker = broker
+        self.started_at = started_at
+        self.node_timeout_s = node_timeout_s
+        self._opened: dict[str, ChannelSession] = {}
+        self._closed: list[tuple[str, float, int]] = []
+        self._recorded_seen: dict[str, float] = {}
+
+    def opened(self, session: ChannelSession) -> None:
+        self._opened[session.session_id] = session
+
+    def closed(self, session: ChannelSession, *, code: int, at: float) -> None:
+        self._closed.append((session.session_id, at, code))
+
+    def snapshot(self, registry: SessionManager, *, now: float, stopping: bool = False) -> Snapshot:
+        snap = Snapshot(now=now, connections=len(registry), users=registry.user_count,
+                        stopping=stopping)
+        for session in self._opened.values():
+            snap.opened.append({
+                "id": session.session_id,
+                "user_id": session.user_id,
+                "connected_at": session.connected_at,
+                "last_seen": session.last_seen,
+                "remote_addr": session.remote_addr[:64],
+                "user_agent": session.user_agent[:512],
+                "meta": session.meta,
+            })
+            self._recorded_seen[session.session_id] = session.last_seen
+        self._opened.clear()
+        snap.closed, self._closed = self._closed, []
+        for session_id, _, _ in snap.closed:
+            self._recorded_seen.pop(session_id, None)
+        for session in registry.by_id.values():
+            recorded = self._recorded_seen.get(session.session_id)
+            if recorded is not None and session.last_seen - recorded >= self.seen_every_s:
+                snap.seen.append((session.session_id, session.last_seen))
+                self._recorded_seen[session.session_id] = session.last_seen
+        return snap
+
+    def write(self, snap: Snapshot) -> None:
+        now = _dt(snap.now)
+        with transaction.atomic():
+            Node.objects.update_or_create(
+                id=self.node_id,
+                defaults={
+                    "address": self.address,
+                    "broker": self.broker,
+                    "started_at": _dt(self.started_at),
+                    "last_seen": now,
+                    "stopped_at": now if snap.stopping else None,
+                    "connections": snap.connections,
+                    "users": snap.users,
+                },
+            )
+            if snap.opened:
+                SessionRecord.objects.bulk_create(
+                    [
+                        SessionRecord(
+                            id=row["id"], user_id=row["user_id"], node_id=self.node_id,
+                            connected_at=_dt(row["connected_at"]), last_seen=_dt(row["last_seen"]),
+                            remote_addr=row["remote_addr"], user_agent=row["user_agent"],
+                            meta=row["meta"],
+                        )
+                        for row in snap.opened
+                    ],
+                    ignore_conflicts=True,
+                )
+            for session_id, at, code in snap.closed:
+                SessionRecord.objects.filter(id=session_id, closed_at__isnull=True).update(
+                    closed_at=_dt(at), last_seen=_dt(at), close_code=code
+                )
+            if snap.seen:
+                records = [SessionRecord(id=sid, last_seen=_dt(seen)) for sid, seen in snap.seen]
+                SessionRecord.objects.bulk_update(records, ["last_seen"], batch_size=500)
+            self.expire_dead_nodes(now)
+
+    def expire_dead_nodes(self, now: datetime) -> int:
+        """Close the sessions of nodes whose last beat is older than the node timeout."""
+        deadline = now - timedelta(seconds=self.node_timeout_s)
+        dead = Node.objects.filter(last_seen__lt=deadline).exclude(id=self.node_id)
+        return SessionRecord.objects.filter(node__in=dead, closed_at__isnull=True).update(
+            closed_at=now, close_code=DEAD_NODE_CLOSE_CODE
+        )
+
+    def start(self) -> None:
+        """At start-up, in a database thread: close what this node id left open last time."""
+        now = timezone.now()
+        SessionRecord.objects.filter(node_id=self.node_id, closed_at__isnull=True).update(
+            closed_at=now, close_code=DEAD_NODE_CLOSE_CODE
+        )
+
+
+def dead_node_ids(*, timeout_s: int, exclude: str) -> list[str]:
+    deadline = timezone.now() - timedelta(seconds=timeout_s)
+    return list(
+        Node.objects.filter(last_seen__lt=deadline).exclude(id=exclude).values_list("id", flat=True)
+    )

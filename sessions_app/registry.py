@@ -1,0 +1,142 @@
+"""The node's session registry: the only in-process mutable state of the gateway.
+
+SessionManager maps user id -> UserSession; a UserSession maps each live connection to its
+ChannelSession. Everything here is plain data touched from the node's one event loop, so it
+needs no locks; writes to sockets happen through the ``Connection`` each session holds.
+
+The registry never trusts ``disconnect()`` alone: ``expired()`` lists what stopped beating,
+and the node's sweep closes those connections with 4008 and forgets them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sessions_app.close_codes import CloseCode
+
+
+class Connection(Protocol):
+    """What the registry needs from one live WebSocket (the consumer provides it)."""
+
+    async def send_frame(self, frame: str) -> bool:
+        """Queue one text frame; False if the client is too slow and is being closed."""
+
+    async def close(self, code: CloseCode) -> None:
+        """Close the WebSocket with an application close code."""
+
+
+@dataclass(eq=False, slots=True)
+class ChannelSession:
+    """One WebSocket connection of a user on this node."""
+
+    session_id: str
+    user_id: str
+    connection: Connection
+    connected_at: float
+    last_seen: float
+    remote_addr: str = ""
+    user_agent: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    # Frame-rate window (GATEWAY_MAX_FRAMES_PER_MINUTE): start and count of the window.
+    window_started: float = 0.0
+    frames_in_window: int = 0
+    closing: bool = False
+
+    def count_frame(self, now: float, *, max_per_minute: int, alive: bool = True) -> bool:
+        """Record one client frame; False once the client passed its per-minute budget.
+
+        Only text frames prove life (``alive``); protocol pings never reach the application.
+        """
+        if alive:
+            self.last_seen = now
+        if now - self.window_started >= 60.0:
+            self.window_started = now
+            self.frames_in_window = 0
+        self.frames_in_window += 1
+        return self.frames_in_window <= max_per_minute
+
+
+@dataclass(eq=False, slots=True)
+class UserSession:
+    """All connections of one user on this node, oldest first."""
+
+    user_id: str
+    channels: dict[Connection, ChannelSession] = field(default_factory=dict)
+
+    def oldest(self) -> ChannelSession:
+        return next(iter(self.channels.values()))
+
+
+class SessionManager:
+    """user id -> UserSession, plus an index by session id for operators' actions."""
+
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+        if clock is not None:
+            self.clock = clock
+        self.users: dict[str, UserSession] = {}
+        self.by_id: dict[str, ChannelSession] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    @property
+    def user_count(self) -> int:
+        return len(self.users)
+
+    def register(self, session: ChannelSession, *, max_per_user: int) -> list[ChannelSession]:
+        """Add a session; return the user's oldest sessions pushed past ``max_per_user``.
+
+        The returned sessions are already forgotten here (they get no more pushes); the
+        caller closes them with 4009.
+        """
+        user = self.users.get(session.user_id)
+        if user is None:
+            user = self.users[session.user_id] = UserSession(session.user_id)
+        user.channels[session.connection] = session
+        self.by_id[session.session_id] = session
+        evicted: list[ChannelSession] = []
+        while len(user.channels) > max_per_user:
+            oldest = user.oldest()
+            self.unregister(oldest)
+            evicted.append(oldest)
+        return evicted
+
+    def unregister(self, session: ChannelSession) -> bool:
+        """Forget a session; False if it was already gone (closing is idempotent)."""
+        if self.by_id.get(session.session_id) is not session:
+            return False
+        del self.by_id[session.session_id]
+        user = self.users.get(session.user_id)
+        if user is not None:
+            user.channels.pop(session.connection, None)
+            if not user.channels:
+                del self.users[session.user_id]
+        return True
+
+    def get(self, session_id: str) -> ChannelSession | None:
+        return self.by_id.get(session_id)
+
+    def sessions_of(self, user_ids: Iterable[str]) -> Iterator[ChannelSession]:
+        """Live sessions of these users, in the order the users are given."""
+        users = self.users
+        for user_id in user_ids:
+            user = users.get(user_id)
+            if user is not None:
+                # A copy: delivering may evict or close sessions of this user.
+                yield from list(user.channels.values())
+
+    def all_sessions(self) -> list[ChannelSession]:
+        return list(self.by_id.values())
+
+    def expired(self, *, timeout_s: float, now: float | None = None) -> list[ChannelSession]:
+        """Sessions whose last frame is older than ``timeout_s``.
+
+        One pass over the sessions; the node runs it every second or so, not per event.
+        """
+        deadline = (self.clock() if now is None else now) - timeout_s
+        return [s for s in self.by_id.values() if s.last_seen < deadline]
