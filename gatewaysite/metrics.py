@@ -13,11 +13,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 REGISTRY = CollectorRegistry(auto_describe=True)
 _N = ["node"]
 
-CONNECTIONS = Gauge("gateway_connections", "Open WebSocket connections.", _N, registry=REGISTRY)
-USERS = Gauge("gateway_users", "Users with at least one open connection.", _N, registry=REGISTRY)
-CONNECTS = Counter("gateway_connects_total", "Accepted, authenticated connections.", _N, registry=REGISTRY)
+CONNECTIONS = Gauge(
+    "gateway_connections", "Open WebSocket connections.", _N, registry=REGISTRY
+)
+USERS = Gauge(
+    "gateway_users", "Users with at least one open connection.", _N, registry=REGISTRY
+)
+CONNECTS = Counter(
+    "gateway_connects_total", "Accepted, authenticated connections.", _N, registry=REGISTRY
+)
 DISCONNECTS = Counter(
-    "gateway_disconnects_total", "Closed connections by close code.", [*_N, "code"], registry=REGISTRY
+    "gateway_disconnects_total", "Closed connections by close code.", [*_N, "code"],
+    registry=REGISTRY,
 )
 AUTH_FAILURES = Counter(
     "gateway_auth_failures_total", "Handshakes closed with 4001.", _N, registry=REGISTRY
@@ -30,7 +37,8 @@ FRAMES = Counter(
     "gateway_frames_received_total", "Client frames by type.", [*_N, "type"], registry=REGISTRY
 )
 PUSHES = Counter(
-    "gateway_pushes_total", "Pushes through the API by outcome.", [*_N, "outcome"], registry=REGISTRY
+    "gateway_pushes_total", "Pushes through the API by outcome.", [*_N, "outcome"],
+    registry=REGISTRY,
 )
 PUBLISHED = Counter(
     "gateway_broker_published_total", "Messages the broker accepted.", _N, registry=REGISTRY

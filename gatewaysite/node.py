@@ -105,7 +105,9 @@ class Node:
             listener = ChannelLayerListener(get_channel_layer(), self.deliverer)
             self._spawn(listener.run(), "channel-layer")
         self.running = True
-        logger.info("node %s started (role %s, broker %s)", self.node_id, self.role, self.broker.name)
+        logger.info(
+            "node %s started (role %s, broker %s)", self.node_id, self.role, self.broker.name
+        )
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=f"gateway-{name}")

@@ -36,17 +36,19 @@ class ServerError(RuntimeError):
 def run_daphne(*, host: str, port: int, node: Node,
                on_ready: Callable[[], None] | None = None) -> None:
     from daphne.server import Server  # installs Twisted's asyncio reactor: import first
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor  # the installed reactor's interfaces are not in its stubs
 
     from gatewaysite.asgi import application
 
-    class GatewayDaphne(Server):  # type: ignore[misc]
+    class GatewayDaphne(Server):
         listen_failure = ""
 
         def listen_error(self, failure: Any) -> None:
             # Daphne logs and keeps the process alive; a node that cannot listen must exit.
             self.listen_failure = failure.getErrorMessage()
-            reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+            reactor.callLater(0, reactor.stop)
 
         def listen_success(self, port: Any) -> None:
             super().listen_success(port)
@@ -72,15 +74,22 @@ def run_daphne(*, host: str, port: int, node: Node,
             await node.stop()
             await asyncio.sleep(DRAIN_FLUSH_S)
         finally:
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
+
+    background: set[asyncio.Task[None]] = set()
+
+    def in_background(coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
 
     def started() -> None:
         loop = asyncio.get_event_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(shutdown()))
-        asyncio.ensure_future(node.ensure_started())
+            loop.add_signal_handler(signum, lambda: in_background(shutdown()))
+        in_background(node.ensure_started())
 
-    reactor.callWhenRunning(started)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(started)
     server.run()
     if server.listen_failure:
         raise ServerError(server.listen_failure)

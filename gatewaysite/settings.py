@@ -72,10 +72,12 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets the admin read while the node writes its batches; the timeout rides out
-    # the short write locks those batches take.
+    # WAL lets the admin read while the node writes its batches; IMMEDIATE transactions
+    # wait (up to the timeout) for the write lock instead of failing at once with
+    # "database is locked" when a read turns into a write.
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -171,7 +173,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [" + GATEWAY_NODE_ID + "] %(message)s"},
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s [" + GATEWAY_NODE_ID + "] %(message)s"
+        },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

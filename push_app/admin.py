@@ -12,7 +12,7 @@ from push_app.services import api_client_create
 
 
 @admin.register(ApiClient)
-class ApiClientAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ApiClientAdmin(admin.ModelAdmin):
     list_display = ("name", "is_active", "key_prefix", "created_at", "last_used_at")
     list_filter = ("is_active",)
     search_fields = ("name",)
@@ -30,7 +30,7 @@ class ApiClientAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(PushLog)
-class PushLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class PushLogAdmin(admin.ModelAdmin):
     list_display = ("id", "status", "client", "target_count", "broadcast", "topic",
                     "payload_bytes", "created_at", "published_at", "delivered", "acked")
     list_filter = ("status", "client", "broadcast")

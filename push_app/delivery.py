@@ -89,7 +89,9 @@ class Deliverer:
             return 0
         registry = self.registry
         targets = (
-            registry.all_sessions() if message.users is None else registry.sessions_of(message.users)
+            registry.all_sessions()
+            if message.users is None
+            else registry.sessions_of(message.users)
         )
         frame = message.frame()
         sent = 0

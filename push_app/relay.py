@@ -11,6 +11,7 @@ delivery side drops the duplicates this can cause.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -84,10 +85,8 @@ class Relay:
         last_recover = self.clock()
         failures = 0
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
             self._wakeup.clear()
             try:
                 while self.pending:
@@ -164,7 +163,9 @@ class Relay:
 
     async def recover(self) -> None:
         """Queue pushes left ``accepted`` by a dead process; fail those past their ttl."""
-        logs = await self.db(_orphans, self.node_id, self.dead_nodes, self.orphan_after_s, self.clock())
+        logs = await self.db(
+            _orphans, self.node_id, self.dead_nodes, self.orphan_after_s, self.clock()
+        )
         for log in logs:
             if log.id not in self._pending_ids:
                 self.submit(push_message(log))

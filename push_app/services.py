@@ -14,8 +14,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
@@ -59,7 +58,7 @@ def _check_capacity(backlog: int) -> None:
         )
 
 
-def _build_log(client: ApiClient | None, req: PushRequest, now: timezone.datetime) -> PushLog:
+def _build_log(client: ApiClient | None, req: PushRequest, now: datetime) -> PushLog:
     return PushLog(
         id=new_push_id(now.timestamp()),
         client=client,
@@ -77,7 +76,7 @@ def _build_log(client: ApiClient | None, req: PushRequest, now: timezone.datetim
     )
 
 
-def _existing(client: ApiClient | None, key: str | None, now: timezone.datetime) -> PushLog | None:
+def _existing(client: ApiClient | None, key: str | None, now: datetime) -> PushLog | None:
     """The push an idempotency key already made within 24 h; frees an older use of the key."""
     if client is None or key is None:
         return None
@@ -118,7 +117,9 @@ def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submi
                             log.save(force_insert=True)
                     except IntegrityError:
                         # A concurrent request with the same key won the race.
-                        first = PushLog.objects.get(client=client, idempotency_key=req.idempotency_key)
+                        first = PushLog.objects.get(
+                            client=client, idempotency_key=req.idempotency_key
+                        )
                         results.append((first, False))
                         continue
                 results.append((log, True))

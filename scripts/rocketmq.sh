@@ -392,6 +392,7 @@ cmd_start() {
     >"$RUN_DIR/namesrv.out" 2>&1 </dev/null &
   echo $! >"$(pid_file namesrv)"
   wait_for "namesrv" "$RUN_DIR/namesrv.out" "The Name Server boot success" "$NAMESRV_PORT" namesrv
+  log "namesrv ready after $((SECONDS - t0))s"
 
   log "starting proxy (local mode, embedded broker) on gRPC $HOST:$GRPC_PORT"
   mapfile -t opts < <(java_common_opts rmq.proxy.logback.xml)
@@ -401,6 +402,7 @@ cmd_start() {
     >"$RUN_DIR/proxy.out" 2>&1 </dev/null &
   echo $! >"$(pid_file proxy)"
   wait_for "proxy" "$RUN_DIR/proxy.out" "rocketmq-proxy startup successfully" "$GRPC_PORT" proxy
+  log "proxy ready after $((SECONDS - t0))s"
   local p
   for p in "$REMOTING_PORT" "$BROKER_PORT"; do
     port_open "$p" || { show_logs; die "port $p is not listening after proxy startup"; }

@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from sessions_app.models import Node, SessionRecord
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnlyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 

@@ -103,8 +103,11 @@ class GatewayConsumer(AsyncConsumer):
         if size > max_frame:
             await hub.close(session, CloseCode.FRAME_TOO_BIG)
             return
-        if not session.count_frame(time.time(), max_per_minute=gateway_settings.max_frames_per_minute,
-                                   alive=text is not None):
+        within_budget = session.count_frame(
+            time.time(), max_per_minute=gateway_settings.max_frames_per_minute,
+            alive=text is not None,
+        )
+        if not within_budget:
             await hub.close(session, CloseCode.TOO_MANY_FRAMES)
             return
         if text is None:

@@ -22,7 +22,9 @@ logger = logging.getLogger("gateway.sessions")
 class Hub:
     clock: Callable[[], float] = staticmethod(time.time)
 
-    def __init__(self, *, node_id: str, registry: SessionManager, recorder: SessionRecorder) -> None:
+    def __init__(
+        self, *, node_id: str, registry: SessionManager, recorder: SessionRecorder
+    ) -> None:
         self.node_id = node_id
         self.registry = registry
         self.recorder = recorder

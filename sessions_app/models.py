@@ -7,7 +7,7 @@ so that a node that died has its sessions expired by the others.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import models
 from django.utils import timezone
@@ -29,7 +29,7 @@ class Node(models.Model):
     def __str__(self) -> str:
         return self.id
 
-    def is_alive(self, *, timeout_s: int, now: timezone.datetime | None = None) -> bool:
+    def is_alive(self, *, timeout_s: int, now: datetime | None = None) -> bool:
         now = now or timezone.now()
         return self.stopped_at is None and self.last_seen >= now - timedelta(seconds=timeout_s)
 

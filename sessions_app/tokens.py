@@ -49,7 +49,7 @@ def decode_token(token: str, *, secret: str, leeway_s: int = 0) -> Claims:
     meta = claims.get("meta", {})
     if not isinstance(meta, dict):
         raise InvalidToken("meta must be an object")
-    return Claims(user_id=sub, expires_at=int(claims["exp"]), meta=meta)
+    return Claims(user_id=str(sub), expires_at=int(claims["exp"]), meta=meta)
 
 
 def encode_token(*, user_id: str, ttl_s: int, secret: str, meta: dict[str, Any] | None = None,

@@ -38,15 +38,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return response
     code = next((c for cls, c in CODES.items() if isinstance(exc, cls)), None)
     code = code or str(getattr(exc, "default_code", "error"))
-    detail = exc.detail
     fields = None
-    if isinstance(detail, dict):
+    if isinstance(exc.detail, dict):
         fields = {k: " ".join(map(str, v)) if isinstance(v, list) else str(v)
-                  for k, v in detail.items()}
+                  for k, v in exc.detail.items()}
         detail = "invalid request"
-    elif isinstance(detail, list):
-        detail = " ".join(map(str, detail))
+    elif isinstance(exc.detail, list):
+        detail = " ".join(map(str, exc.detail))
+    else:
+        detail = str(exc.detail)
     if response.status_code == 401 and not response.has_header("WWW-Authenticate"):
         response["WWW-Authenticate"] = "Token"
-    response.data = error_body(code, str(detail), fields)
+    response.data = error_body(code, detail, fields)
     return response

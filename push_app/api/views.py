@@ -17,6 +17,7 @@ from gatewaysite.conf import gateway_settings
 from gatewaysite.node import get_node
 from push_app import selectors, services, validation
 from push_app.api.errors import error_body
+from push_app.models import ApiClient
 from push_app.validation import RequestInvalid
 from sessions_app.tokens import valid_user_id
 
@@ -42,6 +43,12 @@ def _submit(message: Any) -> None:
     get_node().relay.submit_threadsafe(message)
 
 
+def _client(request: Request) -> ApiClient:
+    client = request.auth
+    assert isinstance(client, ApiClient), "IsApiClient lets no other principal through"
+    return client
+
+
 def _user_id(value: str) -> str:
     if not valid_user_id(value):
         raise RequestInvalid("not a user id (1-128 of A-Z a-z 0-9 _ . : @ -)",
@@ -64,7 +71,7 @@ class PushView(APIView):
             metrics.PUSHES.labels(gateway_settings.node_id, "rejected").inc()
             raise
         log, created = services.push_create(
-            client=request.auth, req=req, submit=_submit, backlog=get_node().relay.backlog
+            client=_client(request), req=req, submit=_submit, backlog=get_node().relay.backlog
         )
         metrics.PUSHES.labels(gateway_settings.node_id, "accepted" if created else "repeated").inc()
         return Response(
@@ -91,7 +98,7 @@ class PushBatchView(APIView):
                 results[index] = error_body(exc.code, exc.detail)
         if good:
             created = services.push_create_many(
-                client=request.auth, reqs=[req for _, req in good], submit=_submit,
+                client=_client(request), reqs=[req for _, req in good], submit=_submit,
                 backlog=get_node().relay.backlog,
             )
             for (index, _), (log, _new) in zip(good, created, strict=True):
@@ -105,7 +112,7 @@ class PushBatchView(APIView):
 class PushDetailView(APIView):
     @extend_schema(responses={200: OpenApiTypes.OBJECT, 404: _ERROR}, summary="A push's status")
     def get(self, request: Request, push_id: str) -> Response:
-        log = selectors.push_get(client=request.auth, push_id=push_id)
+        log = selectors.push_get(client=_client(request), push_id=push_id)
         if log is None:
             return Response(error_body("not_found", f"no push {push_id!r} from this client"),
                             status=status.HTTP_404_NOT_FOUND)

@@ -1,0 +1,107 @@
+"""The ``redis`` broker: a Redis stream shared by every node, the low-latency alternative.
+
+Every push is one ``XADD`` to ``gateway:<topic>:stream`` (capped near ``max_len`` entries);
+every node reads the stream with its own cursor (``XREAD BLOCK``), so every node gets every
+message, starting from the moment it started (by the Redis server's clock).
+
+Guarantee, weaker than RocketMQ's: a message is kept only in Redis memory (durable only
+if the Redis server runs with AOF) and only for the last ``max_len`` messages. A node that
+loses Redis resumes from its cursor when Redis is back, so it misses nothing that is still
+in the stream; a Redis restart without persistence loses what was published and not yet
+read. ``publish`` raises ``BrokerUnavailable`` when Redis does not take the message, and
+the relay keeps the push until it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
+from push_app.messages import Message, encode
+
+logger = logging.getLogger("gateway.broker.redis")
+
+
+class RedisBroker(BaseBroker):
+    name = "redis"
+    max_len = 100_000
+    block_ms = 5_000
+    batch = 500
+    timeout_s = 5.0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        url = self.config.get("redis_url") or ""
+        if not url:
+            raise BrokerUnavailable("GATEWAY_BROKER=redis needs REDIS_URL")
+        self.url = url
+        self.key = f"gateway:{self.config.get('topic') or 'gateway-push'}:stream"
+        self._client: aioredis.Redis | None = None
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(
+                self.url, socket_timeout=self.timeout_s + self.block_ms / 1000,
+                socket_connect_timeout=self.timeout_s,
+            )
+        return self._client
+
+    async def publish(self, message: Message) -> None:
+        try:
+            await asyncio.wait_for(
+                self._redis().xadd(
+                    self.key, {"m": encode(message), "tag": message.tag},
+                    maxlen=self.max_len, approximate=True,
+                ),
+                timeout=self.timeout_s,
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc
+
+    async def _start_cursor(self) -> str:
+        seconds, micros = await self._redis().time()
+        return f"{int(seconds) * 1000 + int(micros) // 1000}-0"
+
+    async def consume(self, handler: Handler) -> None:
+        cursor: str | None = None
+        delay = 0.5
+        while True:
+            try:
+                if cursor is None:
+                    cursor = await self._start_cursor()
+                response: Any = await self._redis().xread(
+                    {self.key: cursor}, count=self.batch, block=self.block_ms
+                )
+                delay = 0.5
+                for _stream, entries in response or []:
+                    for entry_id, fields in entries:
+                        cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                        raw = fields.get(b"m") or fields.get("m") or b""
+                        try:
+                            await handler(raw)
+                        except asyncio.CancelledError:
+                            raise
+                        except Exception:
+                            logger.exception("handler failed on stream entry %s; skipped", cursor)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                logger.warning("redis stream read failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def check(self) -> None:
+        try:
+            await asyncio.wait_for(self._redis().ping(), timeout=self.timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()

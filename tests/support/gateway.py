@@ -1,0 +1,156 @@
+"""Real gateway processes for end-to-end tests: started on free loopback ports, stopped by
+the fixture that started them even when a test fails."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+JWT_SECRET = "e2e-jwt-secret-0123456789abcdef0123456789abcdef"
+DJANGO_SECRET = "e2e-django-secret-0123456789abcdef0123456789abcdef"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(data_dir: Path, node_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
+    env.pop("REDIS_URL", None)
+    env.pop("DATABASE_URL", None)
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "gatewaysite.settings",
+        "GATEWAY_DATA_DIR": str(data_dir),
+        "GATEWAY_JWT_SECRET": JWT_SECRET,
+        "DJANGO_SECRET_KEY": DJANGO_SECRET,
+        "GATEWAY_NODE_ID": node_id,
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class GatewayProcess:
+    node_id: str
+    host: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws/"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def manage(self, *args: str, timeout: float = 60) -> str:
+        """Run a management command against this node's settings; its stdout."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=REPO, env=self.env, capture_output=True,
+            text=True, timeout=timeout, check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
+        return result.stdout
+
+    def api_key(self, name: str | None = None) -> str:
+        name = name or f"client-{time.monotonic_ns()}"
+        return self.manage("createapikey", name).strip()
+
+    def wait_ready(self, timeout_s: float = 45) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.node_id} exited {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"node {self.node_id} did not answer /healthz:\n{self.log()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
+        """Signal the process (and any helper processes) and wait; None if it had to be killed."""
+        code: int | None = None
+        for proc in [p for p in (self.proc, *self.extra_procs) if p is not None]:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+                try:
+                    proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+                    if proc is self.proc:
+                        return None
+            if proc is self.proc:
+                code = proc.returncode
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def spawn(args: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        list(args), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def start_gateway(
+    workdir: Path,
+    *,
+    node_id: str = "e2e",
+    env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    args: Sequence[str] = (),
+    migrate: bool = True,
+) -> GatewayProcess:
+    """``manage.py rungateway`` as a real process, ready when this returns."""
+    data_dir = workdir / node_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    gw = GatewayProcess(
+        node_id=node_id, host=host, port=port or free_port(host),
+        env=base_env(data_dir, node_id, env), log_path=data_dir / "gateway.log",
+    )
+    cmd = [sys.executable, "manage.py", "rungateway", "--host", host, "--port", str(gw.port), *args]
+    if not migrate:
+        cmd.append("--no-migrate")
+    gw.proc = spawn(cmd, gw.env, gw.log_path)
+    try:
+        gw.wait_ready()
+    except Exception:
+        gw.kill()
+        raise
+    return gw
+
+
+@contextlib.contextmanager
+def running_gateway(workdir: Path, **kwargs: object) -> Iterator[GatewayProcess]:
+    gw = start_gateway(workdir, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield gw
+    finally:
+        gw.stop()
