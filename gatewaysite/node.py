@@ -120,7 +120,7 @@ class Node:
             await asyncio.sleep(self.tick_s)
             try:
                 await self.hub.sweep(timeout_s=gateway_settings.heartbeat_timeout_s)
-                await self.db(self.ledger.write, self.ledger.take())
+                await self.write_ledger()
                 now = time.time()
                 if now - last_record >= gateway_settings.record_interval_s:
                     last_record = now
@@ -129,6 +129,15 @@ class Node:
                 raise
             except Exception:
                 logger.exception("housekeeping round failed; next one in %.0f s", self.tick_s)
+
+    async def write_ledger(self) -> None:
+        changed = self.ledger.take()
+        try:
+            await self.db(self.ledger.write, changed)
+        except BaseException:
+            # Not written (database error, or cancelled by ``stop``): the next write has it.
+            self.ledger.untake(changed)
+            raise
 
     async def record(self, *, now: float, stopping: bool = False) -> None:
         snapshot = self.recorder.snapshot(self.registry, now=now, stopping=stopping)
@@ -146,7 +155,7 @@ class Node:
         self._tasks.clear()
         try:
             await self.relay.flush()
-            await self.db(self.ledger.write, self.ledger.take())
+            await self.write_ledger()
             await self.record(now=time.time(), stopping=True)
         except Exception:
             logger.exception("final database write failed")

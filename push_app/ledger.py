@@ -60,6 +60,10 @@ class DeliveryLedger:
         self._dirty.clear()
         return changed
 
+    def untake(self, changed: dict[str, tuple[int, int]]) -> None:
+        """Mark totals from a ``take`` whose ``write`` did not happen as changed again."""
+        self._dirty.update(changed)
+
     def write(self, changed: dict[str, tuple[int, int]]) -> None:
         """Store totals taken by ``take`` (in a database thread)."""
         if not changed:

@@ -111,10 +111,10 @@ def decode(raw: bytes | str) -> Message:
             users = body["users"]
             return PushMessage(
                 id=_str(body["id"]),
-                users=None if users is None else tuple(_str(u) for u in users),
+                users=None if users is None else _str_tuple(users),
                 data_json=_str(body["data_json"]),
                 topic=None if body["topic"] is None else _str(body["topic"]),
-                accepted_ms=int(body["accepted_ms"]),
+                accepted_ms=_int(body["accepted_ms"]),
                 expires_ms=_opt_int(body["expires_ms"]),
                 published_ms=_opt_int(body.get("published_ms")),
             )
@@ -122,10 +122,10 @@ def decode(raw: bytes | str) -> Message:
             return ControlMessage(
                 id=_str(body["id"]),
                 action="disconnect",
-                users=tuple(_str(u) for u in body["users"]),
-                session_ids=tuple(_str(s) for s in body["session_ids"]),
+                users=_str_tuple(body["users"]),
+                session_ids=_str_tuple(body["session_ids"]),
                 reason=_str(body["reason"]),
-                issued_ms=int(body["issued_ms"]),
+                issued_ms=_int(body["issued_ms"]),
             )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadMessage(f"missing or malformed field: {exc}") from exc
@@ -138,9 +138,18 @@ def _str(value: object) -> str:
     return value
 
 
-def _opt_int(value: object) -> int | None:
-    if value is None:
-        return None
+def _str_tuple(value: object) -> tuple[str, ...]:
+    # A bare string or an object would otherwise iterate into characters or keys.
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return tuple(_str(item) for item in value)
+
+
+def _int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
     return int(value)
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else _int(value)

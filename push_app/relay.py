@@ -159,7 +159,15 @@ class Relay:
         published, self._published = self._published, []
         failed, self._failed = self._failed, []
         if published or failed:
-            await self.db(_record_outcomes, published, failed)
+            try:
+                await self.db(_record_outcomes, published, failed)
+            except BaseException:
+                # Not written (database error, or cancelled by ``Node.stop`` before the
+                # database thread ran it): keep the outcomes for the next flush, or a push
+                # stays ``accepted`` and ``recover`` publishes it a second time.
+                self._published[:0] = published
+                self._failed[:0] = failed
+                raise
 
     async def recover(self) -> None:
         """Queue pushes left ``accepted`` by a dead process; fail those past their ttl."""

@@ -9,7 +9,8 @@ from typing import Any
 
 import jwt
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+# Matched with fullmatch: "$" would also accept a trailing newline.
+USER_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 
 
 class InvalidToken(ValueError):
@@ -24,7 +25,7 @@ class Claims:
 
 
 def valid_user_id(value: object) -> bool:
-    return isinstance(value, str) and USER_ID_RE.match(value) is not None
+    return isinstance(value, str) and USER_ID_RE.fullmatch(value) is not None
 
 
 def decode_token(token: str, *, secret: str, leeway_s: int = 0) -> Claims:

@@ -30,6 +30,11 @@ class LimitedJSONParser(JSONParser):
         if len(raw) > limit:
             raise PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
         try:
-            return json.loads(raw)
+            # NaN and Infinity are not JSON: clients could not parse the frames they make.
+            return json.loads(raw, parse_constant=_reject_constant)
         except ValueError as exc:
             raise ParseError(f"Body is not valid JSON: {exc}") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

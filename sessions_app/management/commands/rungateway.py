@@ -20,15 +20,22 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--server", choices=sorted(SERVERS), default="daphne")
         parser.add_argument(
+            "--no-consumer", action="store_true",
+            help="serve only; a separate `runconsumer` feeds this node through REDIS_URL",
+        )
+        parser.add_argument(
             "--no-migrate", action="store_true",
             help="skip applying migrations at start (run `migrate` once per cluster instead)",
         )
 
     def handle(self, *args: Any, host: str, port: int, server: str, no_migrate: bool,
-               **options: Any) -> None:
+               no_consumer: bool, **options: Any) -> None:
+        if no_consumer and not gateway_settings.redis_url:
+            raise CommandError("--no-consumer needs REDIS_URL: runconsumer reaches this "
+                               "process through the node's channel layer")
         if not no_migrate:
             call_command("migrate", interactive=False, verbosity=0)
-        node = Node(role="all", address=f"{host}:{port}")
+        node = Node(role="web" if no_consumer else "all", address=f"{host}:{port}")
         set_node(node)
 
         def ready() -> None:

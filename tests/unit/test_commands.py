@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
+
+from push_app.models import ApiClient
+from push_app.services import api_client_for_key
+
+
+@pytest.mark.django_db
+def test_createapikey_prints_exactly_the_key():
+    out, err = StringIO(), StringIO()
+    call_command("createapikey", "billing", stdout=out, stderr=err)
+    printed = out.getvalue()
+    key = printed.strip()
+    assert printed == key + "\n"
+    assert err.getvalue() == ""
+    client = api_client_for_key(key)
+    assert client is not None
+    assert client.name == "billing"
+    assert client.is_active
+    # Stored hashed: the key itself is nowhere in the row.
+    row = ApiClient.objects.get(name="billing")
+    assert key not in (row.key_hash, row.key_prefix)
+
+
+@pytest.mark.django_db
+def test_createapikey_refuses_duplicates():
+    call_command("createapikey", "billing", stdout=StringIO())
+    out = StringIO()
+    with pytest.raises(CommandError, match="billing"):
+        call_command("createapikey", "billing", stdout=out)
+    assert out.getvalue() == ""
+    assert ApiClient.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["   ", "x" * 101])
+def test_createapikey_refuses_bad_names(name):
+    with pytest.raises(CommandError, match="1-100"):
+        call_command("createapikey", name, stdout=StringIO())
+    assert ApiClient.objects.count() == 0
+
+
+def test_runconsumer_refuses_the_local_broker():
+    with override_settings(GATEWAY_BROKER="local", REDIS_URL="redis://127.0.0.1:6379/0"), \
+            pytest.raises(CommandError, match="GATEWAY_BROKER=local"):
+        call_command("runconsumer")
+
+
+@pytest.mark.parametrize("broker", ["rocketmq", "redis"])
+def test_runconsumer_needs_redis_url(broker):
+    with override_settings(GATEWAY_BROKER=broker, REDIS_URL=""), \
+            pytest.raises(CommandError, match="REDIS_URL"):
+        call_command("runconsumer")

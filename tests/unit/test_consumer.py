@@ -1,0 +1,318 @@
+from __future__ import annotations
+
+import json
+import time
+
+import jwt
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from gatewaysite import metrics
+from gatewaysite.conf import gateway_settings
+from gatewaysite.node import Node
+from push_app.messages import ControlMessage, PushMessage
+from sessions_app.consumers import GatewayConsumer
+from sessions_app.tokens import encode_token
+
+pytestmark = pytest.mark.usefixtures("node")
+
+
+def token(user: str = "u1", **kwargs) -> str:
+    return encode_token(user_id=user, ttl_s=600, secret=gateway_settings.jwt_secret,
+                        **kwargs)[0]
+
+
+def communicator(path: str, headers=None, app=None) -> WebsocketCommunicator:
+    return WebsocketCommunicator(app or GatewayConsumer.as_asgi(), path, headers=headers)
+
+
+async def connect(user: str = "u1", **kwargs) -> tuple[WebsocketCommunicator, dict]:
+    comm = communicator(f"/ws/?token={token(user, **kwargs)}")
+    connected, _ = await comm.connect()
+    assert connected
+    welcome = await comm.receive_json_from()
+    assert welcome["type"] == "welcome"
+    return comm, welcome
+
+
+async def expect_close(comm: WebsocketCommunicator, code: int) -> dict:
+    message = await comm.receive_output()
+    assert message["type"] == "websocket.close"
+    assert message["code"] == code
+    assert await comm.receive_nothing(timeout=0.02)
+    return message
+
+
+def push(push_id: str, users=("u1",)) -> PushMessage:
+    return PushMessage(id=push_id, users=users, data_json='{"n":1}', topic="t",
+                       accepted_ms=int(time.time() * 1000))
+
+
+def auth_failures(node: Node) -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "gateway_auth_failures_total", {"node": node.node_id}) or 0.0
+
+
+def expired_token() -> str:
+    return encode_token(user_id="u1", ttl_s=60, secret=gateway_settings.jwt_secret,
+                        now=time.time() - 3600)[0]
+
+
+def foreign_token() -> str:
+    return jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, "x" * 64, algorithm="HS256")
+
+
+@pytest.mark.parametrize("query", ["", "token=", "token=garbage", "token={expired}",
+                                   "token={foreign}"])
+async def test_bad_token_is_accepted_then_closed_with_4001(node: Node, query: str):
+    before = auth_failures(node)
+    comm = communicator("/ws/?" + query.format(expired=expired_token(), foreign=foreign_token()))
+    connected, _ = await comm.connect()
+    assert connected
+    message = await expect_close(comm, 4001)
+    assert message["reason"]
+    assert len(node.registry) == 0
+    assert auth_failures(node) == before + 1
+    await comm.disconnect()
+
+
+async def test_bearer_header_authenticates(node: Node):
+    comm = communicator("/ws/", headers=[(b"authorization", f"Bearer {token('hdr')}".encode())])
+    connected, _ = await comm.connect()
+    assert connected
+    assert (await comm.receive_json_from())["user"] == "hdr"
+    await comm.disconnect()
+
+
+async def test_query_token_wins_over_header(node: Node):
+    comm = communicator(f"/ws/?token={token('from-query')}",
+                        headers=[(b"authorization", f"Bearer {token('from-header')}".encode())])
+    await comm.connect()
+    assert (await comm.receive_json_from())["user"] == "from-query"
+    await comm.disconnect()
+
+
+@override_settings(GATEWAY_HEARTBEAT_INTERVAL_S=7, GATEWAY_HEARTBEAT_TIMEOUT_S=21)
+async def test_welcome_shape_and_session(node: Node):
+    comm = communicator(f"/ws/?token={token('alice', meta={'plan': 'pro'})}",
+                        headers=[(b"user-agent", b"unit-test")])
+    await comm.connect()
+    welcome = await comm.receive_json_from()
+    assert list(welcome) == ["type", "session", "node", "user", "heartbeat"]
+    assert welcome["node"] == node.node_id
+    assert welcome["user"] == "alice"
+    assert welcome["heartbeat"] == {"interval": 7, "timeout": 21}
+    session = node.registry.get(welcome["session"])
+    assert session is not None
+    assert (session.user_id, session.meta, session.user_agent) == (
+        "alice", {"plan": "pro"}, "unit-test")
+    await comm.disconnect()
+
+
+async def test_ping_pong(node: Node):
+    comm, _welcome = await connect()
+    before = int(time.time() * 1000)
+    await comm.send_json_to({"type": "ping"})
+    pong = await comm.receive_json_from()
+    assert list(pong) == ["type", "ts"]
+    assert pong["type"] == "pong"
+    assert before <= pong["ts"] <= int(time.time() * 1000)
+    await comm.disconnect()
+
+
+async def test_text_frames_refresh_last_seen(node: Node):
+    comm, welcome = await connect()
+    session = node.registry.get(welcome["session"])
+    session.last_seen = 0.0
+    await comm.send_json_to({"type": "ping"})
+    await comm.receive_json_from()
+    assert session.last_seen > time.time() - 5
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("frame, detail", [
+    ("not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('"ping"', "not a JSON object"),
+    ('{"type": "subscribe"}', "unknown frame type"),
+    ("{}", "unknown frame type"),
+    ('{"type": "ack"}', "ack needs"),
+    ('{"type": "ack", "id": 5}', "ack needs"),
+])
+async def test_bad_frames_get_an_error_and_the_connection_stays(node: Node, frame, detail):
+    comm, welcome = await connect()
+    await comm.send_to(text_data=frame)
+    error = await comm.receive_json_from()
+    assert error["type"] == "error"
+    assert error["code"] == "bad_frame"
+    assert detail in error["detail"]
+    await comm.send_json_to({"type": "ping"})
+    assert (await comm.receive_json_from())["type"] == "pong"
+    assert node.registry.get(welcome["session"]) is not None
+    await comm.disconnect()
+
+
+async def test_binary_frames_get_an_error_and_do_not_count_as_life(node: Node):
+    comm, welcome = await connect()
+    session = node.registry.get(welcome["session"])
+    session.last_seen = 0.0
+    await comm.send_to(bytes_data=b'{"type":"ping"}')
+    error = await comm.receive_json_from()
+    assert (error["type"], error["code"]) == ("error", "bad_frame")
+    assert session.last_seen == 0.0
+    await comm.disconnect()
+
+
+async def test_frame_at_the_limit_is_read(node: Node):
+    comm, _ = await connect()
+    with override_settings(GATEWAY_MAX_FRAME_BYTES=64):
+        frame = json.dumps({"type": "ping", "pad": "x" * 100})[:64]
+        await comm.send_to(text_data=frame)
+        assert (await comm.receive_json_from())["code"] == "bad_frame"
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("frame", [
+    json.dumps({"type": "ping", "pad": "x" * 4096}),
+    json.dumps({"type": "ping", "pad": "é" * 2100}, ensure_ascii=False),  # 2100 chars, 4200 bytes
+])
+async def test_oversize_frame_closes_with_4013(node: Node, frame):
+    comm, welcome = await connect()
+    await comm.send_to(text_data=frame)
+    await expect_close(comm, 4013)
+    assert node.registry.get(welcome["session"]) is None
+    await comm.disconnect()
+
+
+async def test_oversize_binary_frame_closes_with_4013(node: Node):
+    comm, _ = await connect()
+    await comm.send_to(bytes_data=b"x" * 4097)
+    await expect_close(comm, 4013)
+    await comm.disconnect()
+
+
+@override_settings(GATEWAY_MAX_FRAMES_PER_MINUTE=3)
+async def test_too_many_frames_closes_with_4029(node: Node):
+    comm, welcome = await connect()
+    for _ in range(3):
+        await comm.send_json_to({"type": "ping"})
+        assert (await comm.receive_json_from())["type"] == "pong"
+    await comm.send_json_to({"type": "ping"})
+    await expect_close(comm, 4029)
+    assert node.registry.get(welcome["session"]) is None
+    await comm.disconnect()
+
+
+async def test_push_reaches_the_client_and_its_ack_is_counted(node: Node):
+    comm, _ = await connect("u1")
+    other, _ = await connect("u2")
+    await node.deliverer.handle(push("p-1"))
+    frame = await comm.receive_json_from()
+    assert frame == {"type": "push", "id": "p-1", "topic": "t", "data": {"n": 1},
+                     "ts": frame["ts"]}
+    assert await other.receive_nothing(timeout=0.02)
+
+    await comm.send_json_to({"type": "ack", "id": "p-1"})
+    await comm.send_json_to({"type": "ack", "id": "p-1"})  # only one delivery to ack
+    await comm.send_json_to({"type": "ack", "id": "never-sent"})
+    await comm.send_json_to({"type": "ping"})
+    assert (await comm.receive_json_from())["type"] == "pong"  # acks before it are handled
+    assert node.ledger.take() == {"p-1": (1, 1)}
+    await comm.disconnect()
+    await other.disconnect()
+
+
+async def test_broadcast_reaches_every_connection(node: Node):
+    comms = [(await connect(f"u{i}"))[0] for i in range(3)]
+    await node.deliverer.handle(push("p-all", users=None))
+    for comm in comms:
+        assert (await comm.receive_json_from())["id"] == "p-all"
+        await comm.disconnect()
+    assert node.ledger.take() == {"p-all": (3, 0)}
+
+
+@override_settings(GATEWAY_MAX_CONNECTIONS_PER_USER=1)
+async def test_cap_closes_the_oldest_with_4009(node: Node):
+    first, w1 = await connect("u1")
+    second, w2 = await connect("u1")
+    await expect_close(first, 4009)
+    assert node.registry.get(w1["session"]) is None
+    assert node.registry.get(w2["session"]) is not None
+    await node.deliverer.handle(push("p-after"))
+    assert (await second.receive_json_from())["id"] == "p-after"
+    assert await first.receive_nothing(timeout=0.02)
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_sweep_closes_silent_connections_with_4008(node: Node):
+    comm, welcome = await connect()
+    assert await node.hub.sweep(timeout_s=60, now=time.time() + 1000) == 1
+    await expect_close(comm, 4008)
+    assert node.registry.get(welcome["session"]) is None
+    await comm.disconnect()
+
+
+async def test_control_order_closes_with_4010(node: Node):
+    comm, _ = await connect("u1")
+    order = ControlMessage(id="c-1", action="disconnect", users=("u1",), session_ids=(),
+                           reason="ops", issued_ms=int(time.time() * 1000))
+    await node.deliverer.handle(order)
+    await expect_close(comm, 4010)
+    assert len(node.registry) == 0
+    await comm.disconnect()
+
+
+async def test_drain_closes_with_4012_and_refuses_new_connections(node: Node):
+    comm, _ = await connect()
+    assert await node.hub.drain() == 1
+    await expect_close(comm, 4012)
+    await comm.disconnect()
+
+    late = communicator(f"/ws/?token={token()}")
+    connected, _ = await late.connect()
+    assert connected  # accepted so that the client sees the code
+    await expect_close(late, 4012)
+    assert len(node.registry) == 0
+    await late.disconnect()
+
+
+async def test_disconnect_forgets_the_session(node: Node):
+    comm, welcome = await connect()
+    assert len(node.registry) == 1
+    await comm.disconnect(code=1001)
+    assert node.registry.get(welcome["session"]) is None
+    assert node.registry.user_count == 0
+    snap = node.recorder.snapshot(node.registry, now=time.time())
+    assert [(sid, code) for sid, _, code in snap.closed] == [(welcome["session"], 1001)]
+
+
+async def test_a_slow_client_is_closed_with_4030(node: Node):
+    comm, welcome = await connect()
+
+    class FullBuffer:
+        def admit(self, size: int) -> bool:
+            return False
+
+        def abort_if_stuck(self) -> None:
+            pass
+
+    node.registry.get(welcome["session"]).connection.buffer = FullBuffer()
+    await node.deliverer.handle(push("p-slow"))
+    await expect_close(comm, 4030)
+    assert len(node.registry) == 0
+    assert node.ledger.take() == {}
+    await comm.disconnect()
+
+
+async def test_routing_through_the_asgi_application(node: Node):
+    from gatewaysite.asgi import application
+
+    comm = communicator(f"/ws/?token={token('routed')}", app=application)
+    connected, _ = await comm.connect()
+    assert connected
+    welcome = await comm.receive_json_from()
+    assert welcome["user"] == "routed"
+    assert node.registry.get(welcome["session"]) is not None
+    await comm.disconnect()

@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+
+import pytest
+from channels.layers import InMemoryChannelLayer
+
+from gatewaysite import metrics
+from push_app.delivery import (
+    NODE_GROUP,
+    STALE_GRACE_MS,
+    ChannelLayerForwarder,
+    ChannelLayerListener,
+    Deliverer,
+)
+from push_app.ledger import DeliveryLedger
+from push_app.messages import ControlMessage, PushMessage, encode
+from sessions_app.hub import Hub
+from sessions_app.recorder import SessionRecorder
+from sessions_app.registry import SessionManager
+from tests.unit.conftest import FakeConnection, make_session
+
+STARTED_MS = 1_800_000_000_000
+
+
+class Setup:
+    def __init__(self) -> None:
+        self.node_id = f"deliver-{uuid.uuid4().hex[:8]}"
+        self.registry = SessionManager()
+        self.ledger = DeliveryLedger(node_id=self.node_id)
+        recorder = SessionRecorder(node_id=self.node_id, address="", broker="local",
+                                   started_at=0.0, node_timeout_s=30)
+        self.hub = Hub(node_id=self.node_id, registry=self.registry, recorder=recorder)
+        self.deliverer = Deliverer(node_id=self.node_id, registry=self.registry,
+                                   ledger=self.ledger, close_session=self.hub.close,
+                                   started_ms=STARTED_MS)
+        self.now_ms = STARTED_MS + 1000
+        self.deliverer.clock_ms = lambda: self.now_ms
+
+    def add(self, user_id: str, session_id: str, *, accept: bool = True):
+        session = make_session(user_id, session_id,
+                               connection=FakeConnection(session_id, accept=accept))
+        self.registry.register(session, max_per_user=10)
+        return session
+
+    def skipped(self, reason: str) -> float:
+        return metrics.REGISTRY.get_sample_value(
+            "gateway_messages_skipped_total", {"node": self.node_id, "reason": reason}) or 0.0
+
+
+def push(push_id: str = "p1", users=("u1",), **overrides) -> PushMessage:
+    fields = dict(id=push_id, users=users, data_json='{"hello":"world"}', topic="t",
+                  accepted_ms=STARTED_MS + 500)
+    fields.update(overrides)
+    return PushMessage(**fields)
+
+
+@pytest.fixture
+def setup() -> Setup:
+    return Setup()
+
+
+async def test_targeted_push_reaches_only_the_targets(setup: Setup):
+    a1, a2 = setup.add("a", "a1"), setup.add("a", "a2")
+    b1 = setup.add("b", "b1")
+    c1 = setup.add("c", "c1")
+    assert await setup.deliverer.deliver_push(push(users=("a", "c", "nobody"))) == 3
+    assert [len(s.connection.frames) for s in (a1, a2, b1, c1)] == [1, 1, 0, 1]
+    frame = json.loads(a1.connection.frames[0])
+    assert frame == {"type": "push", "id": "p1", "topic": "t", "data": {"hello": "world"},
+                     "ts": STARTED_MS + 500}
+    assert setup.ledger.take() == {"p1": (3, 0)}
+
+
+async def test_broadcast_reaches_everyone_with_one_frame_object(setup: Setup):
+    sessions = [setup.add(f"u{i}", f"s{i}") for i in range(5)]
+    await setup.deliverer.handle(push(users=None))
+    frames = [s.connection.frames[0] for s in sessions]
+    assert all(f is frames[0] for f in frames)
+    assert json.loads(frames[0])["id"] == "p1"
+    assert setup.ledger.take() == {"p1": (5, 0)}
+
+
+async def test_frames_refused_by_a_slow_client_are_not_counted(setup: Setup):
+    setup.add("u", "fast")
+    setup.add("u", "slow", accept=False)
+    assert await setup.deliverer.deliver_push(push(users=("u",))) == 1
+    assert setup.ledger.take() == {"p1": (1, 0)}
+
+
+async def test_duplicates_are_skipped(setup: Setup):
+    session = setup.add("u1", "s1")
+    await setup.deliverer.handle(push())
+    await setup.deliverer.handle(push())
+    await setup.deliverer.handle_raw(encode(push()))
+    assert len(session.connection.frames) == 1
+    assert setup.skipped("duplicate") == 2
+
+
+async def test_stale_messages_are_skipped(setup: Setup):
+    session = setup.add("u1", "s1")
+    edge = STARTED_MS - STALE_GRACE_MS
+    await setup.deliverer.handle(push("old", accepted_ms=edge - 10_000, published_ms=edge - 1))
+    await setup.deliverer.handle(push("old-unpublished", accepted_ms=edge - 1))
+    assert session.connection.frames == []
+    assert setup.skipped("stale") == 2
+    # Accepted long ago but published within the grace: fresh.
+    await setup.deliverer.handle(push("late", accepted_ms=edge - 10_000, published_ms=edge))
+    assert [json.loads(f)["id"] for f in session.connection.frames] == ["late"]
+
+
+async def test_expired_messages_are_skipped(setup: Setup):
+    session = setup.add("u1", "s1")
+    await setup.deliverer.handle(push("gone", expires_ms=setup.now_ms))
+    await setup.deliverer.handle(push("alive", expires_ms=setup.now_ms + 1))
+    assert [json.loads(f)["id"] for f in session.connection.frames] == ["alive"]
+    assert setup.skipped("expired") == 1
+
+
+async def test_nobody_here_counts_nothing(setup: Setup):
+    assert await setup.deliverer.deliver_push(push(users=("absent",))) == 0
+    assert setup.ledger.take() == {}
+    assert setup.skipped("no_local_session") == 1
+
+
+@pytest.mark.parametrize("raw", [b"garbage", b'{"v":99}', b"[1]", b"\xff\xfe"])
+async def test_malformed_raw_bytes_are_logged_and_skipped(setup: Setup, raw, caplog):
+    session = setup.add("u1", "s1")
+    with caplog.at_level(logging.WARNING, logger="gateway.delivery"):
+        await setup.deliverer.handle_raw(raw)
+    assert session.connection.frames == []
+    assert setup.skipped("malformed") == 1
+    assert "malformed broker message" in caplog.text
+    # The deliverer carries on with the next good message.
+    await setup.deliverer.handle_raw(encode(push()))
+    assert len(session.connection.frames) == 1
+
+
+async def test_control_closes_users_and_listed_sessions_with_4010(setup: Setup):
+    a1, a2 = setup.add("a", "a1"), setup.add("a", "a2")
+    b1, b2 = setup.add("b", "b1"), setup.add("b", "b2")
+    c1 = setup.add("c", "c1")
+    order = ControlMessage(id="c-1", action="disconnect", users=("a", "ghost"),
+                           session_ids=("b2", "a1", "missing"), reason="ops",
+                           issued_ms=setup.now_ms)
+    await setup.deliverer.handle_raw(encode(order))
+    assert [s.connection.closes for s in (a1, a2, b1, b2, c1)] == [[4010], [4010], [], [4010], []]
+    assert sorted(s.session_id for s in setup.registry.all_sessions()) == ["b1", "c1"]
+    # Applied again, it finds nothing left to close.
+    assert await setup.deliverer.apply_control(order) == 0
+
+
+async def test_seen_ids_are_bounded(setup: Setup):
+    session = setup.add("u1", "s1")
+    setup.deliverer.max_seen = 2
+    for push_id in ("p1", "p2", "p3"):
+        await setup.deliverer.handle(push(push_id))
+    await setup.deliverer.handle(push("p1"))  # forgotten, so delivered again
+    assert len(session.connection.frames) == 4
+
+
+async def test_forwarder_sends_raw_bytes_to_the_node_group():
+    sent = []
+
+    class Layer:
+        async def group_send(self, group, message):
+            sent.append((group, message))
+
+    await ChannelLayerForwarder(Layer())(b"raw")
+    assert sent == [("gateway.node", {"type": "gateway.message", "raw": b"raw"})]
+
+
+async def test_listener_delivers_what_the_forwarder_sends(setup: Setup):
+    session = setup.add("u1", "s1")
+    layer = InMemoryChannelLayer()
+    task = asyncio.create_task(ChannelLayerListener(layer, setup.deliverer).run())
+    try:
+        for _ in range(200):
+            if layer.groups.get(NODE_GROUP):
+                break
+            await asyncio.sleep(0.005)
+        forward = ChannelLayerForwarder(layer)
+        await forward(b"not a message")
+        await forward(encode(push()))
+        for _ in range(200):
+            if session.connection.frames:
+                break
+            await asyncio.sleep(0.005)
+        assert [json.loads(f)["id"] for f in session.connection.frames] == ["p1"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert not layer.groups.get(NODE_GROUP)

@@ -1,0 +1,102 @@
+"""The node's loops wired together in-process: API service → relay → local broker → socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from gatewaysite.conf import gateway_settings
+from gatewaysite.node import Node
+from push_app import services
+from push_app.models import PushLog, PushStatus
+from push_app.validation import push_request
+from sessions_app.consumers import GatewayConsumer
+from sessions_app.models import Node as NodeRow
+from sessions_app.models import SessionRecord
+from sessions_app.tokens import encode_token
+
+
+async def eventually(predicate, *, timeout_s: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def create_push(node: Node, users: list[str]) -> PushLog:
+    log, created = services.push_create(
+        client=None, req=push_request({"users": users, "data": {"hello": "there"}}),
+        submit=node.relay.submit_threadsafe,
+    )
+    assert created
+    return log
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_push_from_the_database_to_the_socket_and_the_accounts_back(node: Node):
+    await node.start()
+    try:
+        await eventually(lambda: node.relay._loop is not None)
+        token, _ = encode_token(user_id="u1", ttl_s=600, secret=gateway_settings.jwt_secret)
+        comm = WebsocketCommunicator(GatewayConsumer.as_asgi(), f"/ws/?token={token}")
+        assert (await comm.connect())[0]
+        welcome = await comm.receive_json_from()
+
+        log = await sync_to_async(create_push)(node, ["u1"])
+        frame = await comm.receive_json_from(timeout=3)
+        assert (frame["type"], frame["id"], frame["data"]) == ("push", log.id, {"hello": "there"})
+        await comm.send_json_to({"type": "ack", "id": log.id})
+        await comm.send_json_to({"type": "ping"})
+        assert (await comm.receive_json_from())["type"] == "pong"
+    finally:
+        await node.stop()
+
+    close = await comm.receive_output()
+    assert (close["type"], close["code"]) == ("websocket.close", 4012)
+    await comm.disconnect()
+    assert node.running is False
+
+    log = await PushLog.objects.aget(id=log.id)
+    assert (log.status, log.delivered, log.acked) == (PushStatus.DELIVERED, 1, 1)
+    assert log.published_at is not None
+    row = await NodeRow.objects.aget(id=node.node_id)
+    assert row.stopped_at is not None
+    record = await SessionRecord.objects.aget(id=welcome["session"])
+    assert record.close_code == 4012
+    assert record.user_id == "u1"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_ensure_started_honours_autostart(node: Node):
+    await node.ensure_started()
+    assert node.running is False
+    node.autostart = True
+    try:
+        await asyncio.gather(node.ensure_started(), node.ensure_started())
+        assert node.running is True
+        assert len(node._tasks) == 3  # relay, housekeeping, consume: started once
+    finally:
+        await node.stop()
+    assert node._tasks == []
+
+
+async def test_ledger_totals_survive_a_failed_write(node: Node):
+    node.ledger.delivered("p1", 2)
+    written = []
+
+    async def broken_db(fn, *args):
+        raise RuntimeError("database is locked")
+
+    async def working_db(fn, *args):
+        written.append(args)
+
+    node.db = broken_db
+    with pytest.raises(RuntimeError):
+        await node.write_ledger()
+    node.db = working_db
+    await node.write_ledger()
+    assert written == [({"p1": (2, 0)},)]
