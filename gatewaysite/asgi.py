@@ -15,7 +15,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gatewaysite.settings")
 django_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
 from gatewaysite.node import get_node  # noqa: E402
 from sessions_app.consumers import GatewayConsumer  # noqa: E402
@@ -34,7 +34,16 @@ class NodeStarter:
         await self.app(scope, receive, send)
 
 
+async def refuse_websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Any other WebSocket path: refuse the handshake (403), not crash on it (500)."""
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.close"})
+
+
 application = ProtocolTypeRouter({
     "http": NodeStarter(django_app),
-    "websocket": URLRouter([path("ws/", GatewayConsumer.as_asgi())]),
+    "websocket": URLRouter([
+        path("ws/", GatewayConsumer.as_asgi()),
+        re_path(r"", refuse_websocket),  # type: ignore[arg-type]
+    ]),
 })

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -11,7 +12,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from gatewaysite import metrics
-from gatewaysite.node import get_node
+from gatewaysite.node import Node, get_node
 
 #: Each dependency gets this long to answer /readyz.
 CHECK_TIMEOUT_S = 2.0
@@ -35,6 +36,11 @@ async def _channel_layer() -> None:
     await layer.receive(channel)
 
 
+async def _consumer(node: Node) -> None:
+    if not node.broker.consuming:
+        raise RuntimeError("this node's broker consumer is not receiving yet")
+
+
 async def readyz(request: HttpRequest) -> HttpResponse:
     node = get_node()
     checks: dict[str, Callable[[], Awaitable[None]]] = {
@@ -42,6 +48,8 @@ async def readyz(request: HttpRequest) -> HttpResponse:
         "channel_layer": _channel_layer,
         "broker": node.broker.check,
     }
+    if node.role == "all" and node.running:
+        checks["consumer"] = partial(_consumer, node)
     results: dict[str, str] = {}
     for name, check in checks.items():
         try:

@@ -17,7 +17,7 @@
 #   ROCKETMQ_CLUSTER         cluster name (default DefaultCluster)
 #   ROCKETMQ_START_TIMEOUT   seconds to wait for readiness (default 120)
 #   ROCKETMQ_NAMESRV_HEAP / ROCKETMQ_PROXY_HEAP  -Xmx values (default 256m / 512m)
-#   ROCKETMQ_DISK_WARNING_RATIO  disk use %% above which the broker refuses writes (default 98;
+#   ROCKETMQ_DISK_WARNING_RATIO  disk use percentage above which the broker refuses writes (default 98;
 #                                RocketMQ's own default is 90)
 #   ROCKETMQ_SKIP_SEND_CHECK=1   skip the real send with the Python client after start
 #   GATEWAY_ROCKETMQ_TOPIC   topic created on start (default gateway-push)
@@ -54,7 +54,16 @@ MARKER="$LIB_DIR/.complete-$ROCKETMQ_VERSION"
 PYTHON="$REPO_ROOT/.venv/bin/python"
 
 log() { printf '[rocketmq.sh] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+CLEANUP_ON_DIE=0
+die() {
+  log "ERROR: $*"
+  if ((CLEANUP_ON_DIE)); then # a failed start stops what it started (logs stay in the run dir)
+    CLEANUP_ON_DIE=0
+    stop_one proxy || true
+    stop_one namesrv || true
+  fi
+  exit 1
+}
 
 require_java() {
   command -v java >/dev/null 2>&1 || die "java not found (need Java 11+; 17 is used here)"
@@ -107,7 +116,7 @@ EOF
   rm -rf "$LIB_DIR"
   mv "$tmp" "$LIB_DIR"
   touch "$MARKER"
-  log "fetched $(ls "$LIB_DIR"/*.jar | wc -l) jars"
+  log "fetched $(find "$LIB_DIR" -name '*.jar' | wc -l) jars"
 }
 
 # ---------------------------------------------------------------- helpers
@@ -146,7 +155,6 @@ java_common_opts() {
     "-Drocketmq.home.dir=$RUN_DIR" \
     "-Duser.home=$RUN_DIR" \
     "-Drmq.logback.configurationFile=$1" \
-    -Drocketmq.client.logUseSlf4j=true \
     --add-opens=java.base/java.nio=ALL-UNNAMED \
     --add-opens=java.base/sun.nio.ch=ALL-UNNAMED \
     --add-exports=java.base/sun.nio.ch=ALL-UNNAMED
@@ -304,7 +312,7 @@ disk_check() {
   fi
 }
 
-create_topic() {
+create_topic() { # $1 topic, $2 (optional) "quiet": do not print mqadmin's output on failure
   local topic="$1" out
   out="$(mqadmin updateTopic -n "$NS_ADDR" -c "$CLUSTER" -t "$topic" -r 4 -w 4 2>&1 || true)"
   # mqadmin exits 0 even on failure: trust only its "success" line
@@ -312,13 +320,15 @@ create_topic() {
     log "topic $topic created/updated"
     return 0
   fi
-  printf '%s\n' "$out" >&2
+  [[ "${2:-}" == quiet ]] || printf '%s\n' "$out" >&2
   return 1
 }
 
 cmd_create_topic() {
   [[ $# -eq 1 && -n "$1" ]] || die "usage: $0 create-topic TOPIC"
-  running_pid namesrv >/dev/null && running_pid proxy >/dev/null || die "RocketMQ is not running (run: $0 start)"
+  if ! running_pid namesrv >/dev/null || ! running_pid proxy >/dev/null; then
+    die "RocketMQ is not running (run: $0 start)"
+  fi
   create_topic "$1" || die "mqadmin updateTopic failed for $1"
 }
 
@@ -378,6 +388,7 @@ cmd_start() {
   esac
   rm -rf "$RUN_DIR"
   mkdir -p "$RUN_DIR/store" "$RUN_DIR/logs"
+  CLEANUP_ON_DIE=1
   disk_check
   write_configs
 
@@ -411,7 +422,9 @@ cmd_start() {
   # the broker registers with the namesrv asynchronously: retry topic creation a little
   local ok=1 i
   for ((i = 0; i < 10; i++)); do
-    if create_topic "$TOPIC" && create_topic "$PROBE_TOPIC"; then ok=0; break; fi
+    local quiet=quiet
+    ((i < 9)) || quiet=""
+    if create_topic "$TOPIC" $quiet && create_topic "$PROBE_TOPIC" $quiet; then ok=0; break; fi
     sleep 2
   done
   if ((ok != 0)); then show_logs; die "could not create topic $TOPIC"; fi
@@ -420,12 +433,13 @@ cmd_start() {
     show_logs
     die "RocketMQ started but a real send failed (logs in $RUN_DIR)"
   fi
+  CLEANUP_ON_DIE=0
   log "RocketMQ $ROCKETMQ_VERSION ready in $((SECONDS - t0))s: namesrv $NS_ADDR, gRPC $HOST:$GRPC_PORT, topic $TOPIC"
 }
 
 cmd_env() {
   cat <<EOF
-export ROCKETMQ_ENDPOINTS=$HOST:$GRPC_PORT
+export GATEWAY_ROCKETMQ_ENDPOINT=$HOST:$GRPC_PORT
 export ROCKETMQ_NAMESRV_ADDR=$NS_ADDR
 export GATEWAY_ROCKETMQ_TOPIC=$TOPIC
 EOF

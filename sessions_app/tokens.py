@@ -31,10 +31,12 @@ def valid_user_id(value: object) -> bool:
 def decode_token(token: str, *, secret: str, leeway_s: int = 0) -> Claims:
     if not token:
         raise InvalidToken("token missing")
+    # ``iat`` is informational: a business system whose clock runs a little ahead must not
+    # see its fresh tokens refused. ``nbf`` and ``exp`` are enforced.
     try:
         claims = jwt.decode(
-            token, secret, algorithms=["HS256"], options={"require": ["sub", "exp"]},
-            leeway=leeway_s,
+            token, secret, algorithms=["HS256"], leeway=leeway_s,
+            options={"require": ["sub", "exp"], "verify_iat": False},
         )
     except jwt.ExpiredSignatureError as exc:
         raise InvalidToken("token expired") from exc

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from push_app.api import views
 
@@ -9,4 +9,6 @@ urlpatterns = [
     path("users/<str:user_id>/presence", views.PresenceView.as_view(), name="presence"),
     path("users/<str:user_id>/disconnect", views.DisconnectView.as_view(), name="disconnect"),
     path("tokens", views.TokenView.as_view(), name="tokens"),
+    # Anything else under /api/v1/ answers in JSON too, not with Django's HTML page.
+    re_path(r"^.*$", views.not_found),
 ]

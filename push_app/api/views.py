@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from django.http import HttpRequest, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -54,6 +55,10 @@ def _user_id(value: str) -> str:
         raise RequestInvalid("not a user id (1-128 of A-Z a-z 0-9 _ . : @ -)",
                              fields={"user": "invalid"})
     return value
+
+
+def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    return JsonResponse(error_body("not_found", f"no API endpoint at {request.path}"), status=404)
 
 
 class PushView(APIView):

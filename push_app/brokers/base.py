@@ -34,6 +34,9 @@ class BaseBroker:
     def __init__(self, *, node_id: str, config: dict[str, Any] | None = None) -> None:
         self.node_id = node_id
         self.config = config or {}
+        #: True once ``consume`` has reached the broker (and until it stops): /readyz
+        #: reports a node whose consumer is not receiving as not ready.
+        self.consuming = False
 
     async def start(self) -> None:
         """Connect; may be called again after ``close``."""

@@ -34,11 +34,13 @@ class LocalBroker(BaseBroker):
     async def consume(self, handler: Handler) -> None:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._queues.append(queue)
+        self.consuming = True
         try:
             while True:
                 await handler(await queue.get())
         finally:
             self._queues.remove(queue)
+            self.consuming = bool(self._queues)
 
     async def check(self) -> None:
         if not self.available:

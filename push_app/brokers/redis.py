@@ -78,6 +78,7 @@ class RedisBroker(BaseBroker):
                     {self.key: cursor}, count=self.batch, block=self.block_ms
                 )
                 delay = 0.5
+                self.consuming = True
                 for _stream, entries in response or []:
                     for entry_id, fields in entries:
                         cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
@@ -91,6 +92,7 @@ class RedisBroker(BaseBroker):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                self.consuming = False
                 logger.warning("redis stream read failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

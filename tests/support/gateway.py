@@ -82,7 +82,9 @@ class GatewayProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.node_id} exited {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(
+                    f"node {self.node_id} exited {self.proc.returncode}:\n{self.log()}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
