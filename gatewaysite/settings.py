@@ -112,7 +112,9 @@ if REDIS_URL:
             # One prefix per node: a node's web and consumer processes share a layer,
             # nodes never see each other's traffic through it.
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s socket timeout, which races channels_redis'
+                # 5 s BZPOPMIN and fails every idle receive: give reads 15 s.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "prefix": f"gateway:{GATEWAY_NODE_ID}:",
                 "capacity": 10_000,
                 "expiry": 60,

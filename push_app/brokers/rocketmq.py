@@ -165,7 +165,6 @@ class RocketMQBroker(BaseBroker):
             self._consumer_failures = 0
             self.consumer_error = None
             self.consuming = True
-            acks = []
             for received in messages or []:
                 try:
                     await handler(bytes(received.body))
@@ -173,10 +172,12 @@ class RocketMQBroker(BaseBroker):
                     raise
                 except Exception:
                     logger.exception("handler failed on message %s; skipped", received.message_id)
-                acks.append(asyncio.wrap_future(consumer.ack_async(received)))
-            for outcome in await asyncio.gather(*acks, return_exceptions=True):
-                if isinstance(outcome, Exception):
-                    logger.warning("ack failed (the message will come again): %s", outcome)
+                try:
+                    # 5.1.2's ack_async returns None instead of its documented Future: the
+                    # ack is sent from the client's own loop and this call does not wait.
+                    consumer.ack_async(received)
+                except Exception as exc:
+                    logger.warning("ack failed (the message will come again): %s", exc)
 
     async def _receive_failed(self, consumer: Any, exc: BaseException, delay: float) -> None:
         self._consumer_failures += 1
