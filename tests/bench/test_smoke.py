@@ -1,0 +1,62 @@
+"""A small run of every benchmark scenario, so the suite cannot rot.
+
+Speed is not asserted here (that is what ``bench/`` reports, as ratios in one run); only
+that each scenario completes, prints its JSON line, and loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.gateway import REPO
+from tests.support.services import rocketmq_endpoint
+
+pytestmark = pytest.mark.e2e
+
+
+def run_bench(*args: str) -> list[dict]:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=180, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines, result.stdout + result.stderr
+    return lines
+
+
+def test_broadcast_and_baseline_lose_nothing() -> None:
+    baseline, broadcast, ratio = run_bench("all", "--clients", "100", "--rate", "10",
+                                           "--duration", "2")
+    for result in (baseline, broadcast):
+        assert result["connect"]["connected"] == 100
+        assert result["expected"] > 0
+        assert result["loss"] == 0, result
+        assert result["latency_ms"]["p99"] is not None
+    assert ratio["scenario"] == "ratio" and ratio["broadcast_deliveries_vs_baseline"] > 0
+
+
+@pytest.mark.parametrize("batch", ["1", "20"])
+def test_targeted_loses_nothing(batch: str) -> None:
+    (result,) = run_bench("targeted", "--clients", "300", "--rate", "100", "--duration", "2",
+                          "--batch", batch)
+    assert result["connect"]["failed"] == 0
+    assert result["push_errors"] == 0
+    assert result["expected"] > 0 and result["loss"] == 0, result
+
+
+def test_idle_keeps_every_connection() -> None:
+    (result,) = run_bench("idle", "--clients", "300", "--duration", "2", "--ping-every", "1")
+    assert result["alive_at_end"] == 300 and result["loss"] == 0, result
+    assert result["kb_per_connection"] > 0
+
+
+@pytest.mark.rocketmq
+def test_rocketmq_loses_nothing() -> None:
+    (result,) = run_bench("rocketmq", "--clients", "100", "--rate", "50", "--duration", "2",
+                          "--rocketmq-endpoint", rocketmq_endpoint())
+    assert result["expected"] > 0 and result["loss"] == 0, result
