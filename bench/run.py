@@ -117,7 +117,8 @@ class Pusher:
                         await self.control.send(json.dumps(body))
                 elif self.http is not None:
                     if self.batch == 1:
-                        r = await self.http.post("/api/v1/push", json=bodies[0], headers=self.headers)
+                        r = await self.http.post("/api/v1/push", json=bodies[0],
+                                                 headers=self.headers)
                     else:
                         r = await self.http.post("/api/v1/push/batch", json={"pushes": bodies},
                                                  headers=self.headers)
