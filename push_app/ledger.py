@@ -69,7 +69,15 @@ class DeliveryLedger:
         if not changed:
             return
         with transaction.atomic():
-            known = set(PushLog.objects.filter(id__in=changed).values_list("id", flat=True))
+            # Lock the pushes (in id order, so nodes never deadlock) before summing: without
+            # it two nodes writing at once each sum without the other's uncommitted row,
+            # and the last UPDATE of ``delivered`` loses the other node's share.
+            known = set(
+                PushLog.objects.select_for_update()
+                .filter(id__in=changed)
+                .order_by("id")
+                .values_list("id", flat=True)
+            )
             rows = [
                 PushDelivery(push_id=push_id, node_id=self.node_id, delivered=d, acked=a)
                 for push_id, (d, a) in changed.items()
