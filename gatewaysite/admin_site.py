@@ -1,0 +1,354 @@
+"""The operator console: Django's admin site with a live dashboard as its index.
+
+What an operator opens first when a user says "I got no notification": which nodes are
+alive, who is online where, what was pushed in the last hour and what failed, and a search
+box that answers "is user X online, and did push Y reach them?" (``console/user/``).
+
+The dashboard's live part is rendered by one template, both into the page and as the
+fragment that the page polls (``console/live/``), from a fixed number of aggregate queries
+(``dashboard_data``); ``console/dashboard.json`` serves the same data to scripts.
+Reads come from the apps' selectors; the actions live on the model admins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, URLResolver, path, reverse
+from django.utils import timezone
+
+from gatewaysite.conf import gateway_settings
+from push_app.models import PushLog, PushStatus
+from push_app.selectors import (
+    MinuteBucket,
+    NodeRates,
+    node_rates,
+    push_series,
+    pushes_to_user,
+    recent_failures,
+    waiting_count,
+)
+from sessions_app.models import SessionRecord
+from sessions_app.selectors import (
+    NodeHealth,
+    alive_since,
+    close_label,
+    live_totals,
+    nodes_health,
+    session_state,
+    user_sessions,
+)
+from sessions_app.tokens import valid_user_id
+
+#: How often the dashboard page polls its live part.
+REFRESH_MS = 5000
+#: The window of the per-node push rates.
+RATE_WINDOW_S = 300
+
+
+def has_view(user: Any, *perms: str) -> bool:
+    """``app.view_model`` for each perm, where the change perm implies view (as in admin)."""
+    return all(
+        user.has_perm(p) or user.has_perm(p.replace(".view_", ".change_")) for p in perms
+    )
+
+
+# --- Dashboard data -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    health: NodeHealth
+    rates: NodeRates
+
+
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    now: datetime
+    node_timeout_s: int
+    nodes: list[NodeRow]
+    nodes_alive: int
+    connections: int
+    users: int
+    series: list[MinuteBucket]
+    failures: list[PushLog]
+    waiting: int
+
+    @property
+    def hour(self) -> dict[str, int]:
+        return {
+            "pushes": sum(b.pushes for b in self.series),
+            "delivered": sum(b.delivered for b in self.series),
+            "acked": sum(b.acked for b in self.series),
+            "failed": sum(b.failed for b in self.series),
+        }
+
+
+def dashboard_data(*, now: datetime | None = None) -> Dashboard:
+    """Everything the dashboard shows, in seven queries whatever the cluster's size."""
+    now = now or timezone.now()
+    timeout_s = gateway_settings.node_timeout_s
+    health = nodes_health(now=now, timeout_s=timeout_s)
+    rates = node_rates(now=now, window_s=RATE_WINDOW_S)
+    totals = live_totals(now=now, timeout_s=timeout_s)
+    return Dashboard(
+        now=now,
+        node_timeout_s=timeout_s,
+        nodes=[NodeRow(health=h, rates=rates.get(h.node.id, NodeRates())) for h in health],
+        nodes_alive=sum(1 for h in health if h.alive),
+        connections=totals["sessions"],
+        users=totals["users"],
+        series=push_series(now=now, minutes=60),
+        failures=recent_failures(since=now - timedelta(hours=1)),
+        waiting=waiting_count(),
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def dashboard_json(data: Dashboard) -> dict[str, Any]:
+    return {
+        "now": data.now.isoformat(),
+        "node_timeout_s": data.node_timeout_s,
+        "totals": {
+            "nodes": len(data.nodes), "nodes_alive": data.nodes_alive,
+            "connections": data.connections, "users": data.users, "waiting": data.waiting,
+            "last_hour": data.hour,
+        },
+        "nodes": [
+            {
+                "id": row.health.node.id,
+                "state": row.health.state,
+                "address": row.health.node.address,
+                "broker": row.health.node.broker,
+                "last_seen": row.health.node.last_seen.isoformat(),
+                "seen_ago_s": round(row.health.seen_ago_s, 1),
+                "connections": row.health.node.connections if row.health.alive else 0,
+                "users": row.health.node.users if row.health.alive else 0,
+                "accepted_per_min": round(row.rates.accepted_per_min, 2),
+                "delivered_per_min": round(row.rates.delivered_per_min, 2),
+                "last_delivery": _iso(row.rates.last_delivery),
+            }
+            for row in data.nodes
+        ],
+        "series": [
+            {"start": b.start.isoformat(), "pushes": b.pushes, "delivered": b.delivered,
+             "acked": b.acked, "failed": b.failed}
+            for b in data.series
+        ],
+        "failures": [
+            {"id": log.id, "client": log.client.name if log.client else None,
+             "created_at": log.created_at.isoformat(), "error": log.error}
+            for log in data.failures
+        ],
+    }
+
+
+# --- The chart: an inline SVG, computed here so the template only places it -------------
+
+CHART_W, CHART_H, CHART_LEFT, CHART_BOTTOM = 720, 180, 36, 20
+
+
+def _nice_ceiling(value: int) -> int:
+    """The smallest 1, 2 or 5 times a power of ten at or above ``value`` (at least 5)."""
+    if value <= 5:
+        return 5
+    power = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 5, 10):
+        if step * power >= value:
+            return step * power
+    return 10 * power  # pragma: no cover
+
+
+def chart(series: list[MinuteBucket]) -> dict[str, Any]:
+    top = _nice_ceiling(max([1, *(max(b.pushes, b.delivered) for b in series)]))
+    plot_w, plot_h = CHART_W - CHART_LEFT, CHART_H - CHART_BOTTOM
+    step = plot_w / max(1, len(series))
+
+    def y(value: float) -> float:
+        return round(plot_h - value / top * plot_h, 1)
+
+    bars, points, labels = [], [], []
+    for i, bucket in enumerate(series):
+        x = CHART_LEFT + i * step
+        ok = bucket.pushes - bucket.failed
+        bars.append({
+            "x": round(x + 1, 1), "w": round(step - 2, 1),
+            "y": y(ok), "h": round(plot_h - y(ok), 1),
+            "fy": y(bucket.pushes), "fh": round(y(ok) - y(bucket.pushes), 1),
+            "title": f"{bucket.start:%H:%M} UTC: {bucket.pushes} pushes, {bucket.delivered} "
+                     f"delivered, {bucket.acked} acked, {bucket.failed} failed",
+        })
+        points.append(f"{round(x + step / 2, 1)},{y(bucket.delivered)}")
+        if i % 15 == 0:
+            labels.append({"x": round(x, 1), "text": f"{bucket.start:%H:%M}"})
+    return {
+        "w": CHART_W, "h": CHART_H, "left": CHART_LEFT, "plot_h": plot_h,
+        "top": top, "mid": f"{top / 2:g}", "y_mid": y(top / 2),
+        "bars": bars, "line": " ".join(points), "labels": labels,
+        "label_y": CHART_H - 5,
+    }
+
+
+# --- A user's page: online where, and what reached them -----------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PushOutcome:
+    log: PushLog
+    online_nodes: list[str]
+    verdict: str
+    tone: str  # ok | warn | bad | muted
+
+
+def push_outcome(log: PushLog, *, user_id: str, sessions: list[SessionRecord]) -> PushOutcome:
+    """What a push meant for one user, from its counts and the user's sessions then.
+
+    Counts are per push, not per user: for a push to this user alone they are this user's;
+    for a broadcast or a push to many users they only say whether anyone got it.
+    """
+    at = log.created_at
+    online = sorted({
+        s.node_id for s in sessions
+        if s.connected_at <= at and (s.closed_at is None or s.closed_at >= at)
+    })
+    single = not log.broadcast and log.target_count == 1
+    if log.status == PushStatus.FAILED:
+        return PushOutcome(log, online, f"failed: {log.error or 'unknown error'}", "bad")
+    if log.status == PushStatus.ACCEPTED:
+        return PushOutcome(log, online, "stored, not on the broker yet", "warn")
+    if single and log.acked:
+        return PushOutcome(log, online, "received: the client acked it", "ok")
+    if single and log.delivered:
+        return PushOutcome(log, online, "written to the socket; no ack (yet)", "ok")
+    if not online:
+        return PushOutcome(log, online, "user was offline when it was sent", "muted")
+    if single:
+        return PushOutcome(log, online, "published, not delivered (yet)", "warn")
+    return PushOutcome(
+        log, online, f"{log.delivered} connection(s) of all targets got it", "muted"
+    )
+
+
+# --- The site ---------------------------------------------------------------------------
+
+class ConsoleAdminSite(admin.AdminSite):
+    site_header = "Push gateway console"
+    site_title = "Push gateway"
+    index_title = "Dashboard"
+    index_template = "admin/console/dashboard.html"
+
+    def get_urls(self) -> list[URLResolver | URLPattern]:
+        console = [
+            path("console/live/", self.admin_view(self.live_view), name="console_live"),
+            path("console/dashboard.json", self.admin_view(self.json_view),
+                 name="console_json"),
+            path("console/user/", self.admin_view(self.user_view), name="console_user"),
+        ]
+        return console + super().get_urls()
+
+    # Dashboard --------------------------------------------------------------------------
+
+    @staticmethod
+    def can_view_dashboard(request: HttpRequest) -> bool:
+        return has_view(request.user, "sessions_app.view_node", "push_app.view_pushlog")
+
+    def _live_context(self, request: HttpRequest) -> dict[str, Any]:
+        data = dashboard_data()
+        return {
+            "dash": data, "hour": data.hour, "chart": chart(data.series),
+            "refresh_ms": REFRESH_MS, "rate_window_min": RATE_WINDOW_S // 60,
+            "sessions_url": reverse("admin:sessions_app_sessionrecord_changelist",
+                                    current_app=self.name),
+        }
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+              ) -> TemplateResponse:
+        context: dict[str, Any] = {"console": self.can_view_dashboard(request)}
+        if context["console"]:
+            context.update(self._live_context(request))
+        context.update(extra_context or {})
+        return super().index(request, extra_context=context)
+
+    def live_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.can_view_dashboard(request):
+            raise PermissionDenied
+        context = {**self.each_context(request), **self._live_context(request)}
+        return TemplateResponse(request, "admin/console/_live.html", context)
+
+    def json_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.can_view_dashboard(request):
+            raise PermissionDenied
+        return JsonResponse(dashboard_json(dashboard_data()))
+
+    # User ------------------------------------------------------------------------------
+
+    def user_view(self, request: HttpRequest) -> HttpResponse:
+        """``?q=`` a user id (sessions and pushes) or a push id (straight to the push)."""
+        if not has_view(request.user, "sessions_app.view_sessionrecord",
+                        "push_app.view_pushlog"):
+            raise PermissionDenied
+        query = request.GET.get("q", "").strip()
+        if query and PushLog.objects.filter(pk=query).exists():
+            return HttpResponseRedirect(
+                reverse("admin:push_app_pushlog_change", args=[query], current_app=self.name)
+            )
+        context: dict[str, Any] = {
+            **self.each_context(request), "title": "Find a user", "query": query,
+            "subtitle": None,
+        }
+        if query and not valid_user_id(query):
+            context["error"] = ("Not a user id (1-128 of A-Z a-z 0-9 _ . : @ -) "
+                                "nor the id of a push.")
+        elif query:
+            context.update(self._user_context(request, query))
+        return TemplateResponse(request, "admin/console/user.html", context)
+
+    def _user_context(self, request: HttpRequest, user_id: str) -> dict[str, Any]:
+        since = alive_since()
+        sessions = user_sessions(user_id=user_id)
+        rows = [(s, session_state(s, since=since), close_label(s.close_code)) for s in sessions]
+        live = [s for s, state, _ in rows if state == "live"]
+        pushes = [
+            push_outcome(log, user_id=user_id, sessions=sessions)
+            for log in pushes_to_user(user_id=user_id)
+            if log.broadcast or user_id in log.users
+        ]
+        user = request.user
+        return {
+            "title": f"User {user_id}",
+            "user_id": user_id,
+            "sessions": rows,
+            "live_sessions": live,
+            "live_nodes": sorted({s.node_id for s in live}),
+            "last_session": sessions[0] if sessions else None,
+            "pushes": pushes,
+            "can_disconnect": user.has_perm("sessions_app.disconnect_session"),
+            "can_test_push": user.has_perm("push_app.send_test_push"),
+        }
+
+
+class StrictActionsMixin:
+    """Answer a known admin action that the user may not run with 403.
+
+    Django's admin hides such actions and, if one is posted anyway, quietly shows the list
+    again; an operator's tool should say no out loud, and tests can see it.
+    """
+
+    actions: Any
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+                        ) -> HttpResponse:
+        if request.method == "POST" and "action" in request.POST:
+            name = request.POST["action"]
+            known = {a if isinstance(a, str) else a.__name__ for a in self.actions or ()}
+            if name in known and name not in self.get_actions(request):  # type: ignore[attr-defined]
+                raise PermissionDenied
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]

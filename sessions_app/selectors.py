@@ -1,0 +1,135 @@
+"""Reads of the session side for the operator console: node health, live sessions, a user.
+
+A node is *alive* while it has not stopped and its last beat is within the node timeout;
+a session is *live* only while it is open **and** its node is alive. An open session on a
+node that stopped beating is *stale*: the client saw its connection drop, and another node
+will soon mark it closed. Nothing here shows a stale session as live.
+
+Every function answers with a fixed number of queries, whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from gatewaysite.conf import gateway_settings
+from sessions_app.close_codes import REASONS
+from sessions_app.models import Node, SessionRecord
+
+NodeState = Literal["alive", "stopped", "dead"]
+SessionState = Literal["live", "stale", "closed"]
+
+#: Close codes as an operator reads them: the contract's, and the protocol's that clients
+#: and the recorder (1006 for a node that died) leave behind.
+_CLOSE_LABELS: dict[int, str] = {
+    **{int(code): reason for code, reason in REASONS.items()},
+    1000: "closed by the client",
+    1001: "client went away",
+    1006: "dropped (no close frame; node died or network)",
+}
+
+
+def alive_since(*, now: datetime | None = None, timeout_s: int | None = None) -> datetime:
+    """The oldest last beat a node may have and still count as alive."""
+    now = now or timezone.now()
+    timeout_s = gateway_settings.node_timeout_s if timeout_s is None else timeout_s
+    return now - timedelta(seconds=timeout_s)
+
+
+def node_alive_q(*, since: datetime, prefix: str = "") -> Q:
+    return Q(**{f"{prefix}stopped_at__isnull": True, f"{prefix}last_seen__gte": since})
+
+
+def session_state_q(state: SessionState, *, since: datetime) -> Q:
+    """A filter on SessionRecord for one state (see the module docstring)."""
+    if state == "closed":
+        return Q(closed_at__isnull=False)
+    alive = node_alive_q(since=since, prefix="node__")
+    if state == "live":
+        return Q(closed_at__isnull=True) & alive
+    return Q(closed_at__isnull=True) & ~alive
+
+
+def node_state(node: Node, *, since: datetime) -> NodeState:
+    if node.stopped_at is not None:
+        return "stopped"
+    return "alive" if node.last_seen >= since else "dead"
+
+
+def session_state(record: SessionRecord, *, since: datetime) -> SessionState:
+    """Needs ``record.node`` loaded (``select_related("node")``) to stay query-free."""
+    if record.closed_at is not None:
+        return "closed"
+    return "live" if node_state(record.node, since=since) == "alive" else "stale"
+
+
+def close_label(code: int | None) -> str:
+    if code is None:
+        return ""
+    label = _CLOSE_LABELS.get(code)
+    return f"{code} {label}" if label else str(code)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    node: Node
+    state: NodeState
+    seen_ago_s: float
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "alive"
+
+    @property
+    def seen_ago(self) -> str:
+        return ago(self.seen_ago_s)
+
+
+def ago(seconds: float) -> str:
+    """A short "how long ago" for operators: 12 s, 5 min, 3 h, 2 d."""
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s ago"
+    if s < 7200:
+        return f"{s // 60} min ago"
+    if s < 172800:
+        return f"{s // 3600} h ago"
+    return f"{s // 86400} d ago"
+
+
+def nodes_health(*, now: datetime | None = None, timeout_s: int | None = None) -> list[NodeHealth]:
+    """Every node known to the database with its health; alive ones first. One query."""
+    now = now or timezone.now()
+    since = alive_since(now=now, timeout_s=timeout_s)
+    rows = [
+        NodeHealth(node=n, state=node_state(n, since=since),
+                   seen_ago_s=max(0.0, (now - n.last_seen).total_seconds()))
+        for n in Node.objects.all()
+    ]
+    order = {"alive": 0, "stopped": 1, "dead": 2}
+    rows.sort(key=lambda h: (order[h.state], h.node.id))
+    return rows
+
+
+def live_totals(*, now: datetime | None = None, timeout_s: int | None = None) -> dict[str, int]:
+    """Live sessions and distinct online users across the cluster. One query."""
+    since = alive_since(now=now, timeout_s=timeout_s)
+    return SessionRecord.objects.filter(session_state_q("live", since=since)).aggregate(
+        sessions=Count("id"), users=Count("user_id", distinct=True)
+    )
+
+
+def user_sessions(*, user_id: str, limit: int = 25) -> list[SessionRecord]:
+    """A user's open sessions, then their latest closed ones, with nodes. One query."""
+    rows = list(
+        SessionRecord.objects.filter(user_id=user_id)
+        .select_related("node")
+        .order_by("-connected_at")[:limit]
+    )
+    rows.sort(key=lambda r: r.closed_at is not None)  # stable: open first, each newest first
+    return rows

@@ -1,0 +1,103 @@
+"""The dashboard: what it shows, and that its polled parts cost a fixed number of queries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from push_app.models import PushStatus
+from tests.console.conftest import make_node, make_push, make_session
+
+pytestmark = pytest.mark.django_db
+
+
+def test_dashboard_is_the_admin_index(operator):
+    alive = make_node("node-a", connections=2, users=2)
+    dead = make_node("node-b", alive=False, connections=9, users=9)
+    make_session("s1", "alice", alive)
+    make_session("s2", "bob", alive)
+    make_session("s3", "carol", dead)  # open, but its node stopped beating: not live
+    make_push(["alice"], delivered={"node-a": (1, 1)})
+    make_push(["bob"], status=PushStatus.FAILED, error="ttl ran out before the broker accepted")
+
+    page = operator.get(reverse("admin:index"))
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="console-live"' in html and reverse("admin:console_live") in html
+    assert "console/console.js" in html
+    assert "node-a" in html and "node-b" in html
+    assert 'console-badge console-dead">dead<' in html
+    assert "<svg" in html and "Recent failures" in html and "ttl ran out" in html
+    data = page.context["dash"]
+    assert (data.nodes_alive, len(data.nodes)) == (1, 2)
+    assert (data.connections, data.users) == (2, 2)  # carol's stale session is not counted
+    assert data.hour == {"pushes": 2, "delivered": 1, "acked": 1, "failed": 1}
+
+
+def test_live_fragment_and_json_answer_the_poll(operator):
+    make_node("node-a", connections=1, users=1)
+    make_session("s1", "alice", make_node("node-c"))
+    make_push(["alice"], delivered={"node-a": (1, 0)})
+
+    fragment = operator.get(reverse("admin:console_live"))
+    assert fragment.status_code == 200
+    assert "no-store" in fragment["Cache-Control"]
+    body = fragment.content.decode()
+    assert "<html" not in body and "node-a" in body and "Updated" in body
+
+    data = operator.get(reverse("admin:console_json")).json()
+    assert data["totals"]["nodes_alive"] == 2
+    assert data["totals"]["connections"] == 1 and data["totals"]["users"] == 1
+    assert data["totals"]["last_hour"]["pushes"] == 1
+    assert len(data["series"]) == 60 and sum(b["pushes"] for b in data["series"]) == 1
+    node_a = next(n for n in data["nodes"] if n["id"] == "node-a")
+    assert node_a["state"] == "alive" and node_a["delivered_per_min"] == 0.2
+
+
+def _queries(client, url: str) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(url).status_code == 200
+    return len(captured)
+
+
+@pytest.mark.parametrize("url_name", ["admin:console_live", "admin:console_json",
+                                      "admin:index"])
+def test_dashboard_queries_do_not_grow_with_rows(operator, url_name):
+    url = reverse(url_name)
+    first = make_node("n0")
+    make_session("s0", "u0", first)
+    make_push(["u0"], delivered={"n0": (1, 1)})
+    small = _queries(operator, url)
+
+    for i in range(1, 8):
+        node = make_node(f"n{i}", alive=i % 3 != 0)
+        for j in range(5):
+            make_session(f"s{i}-{j}", f"u{j}", node, closed=j == 4, close_code=1000)
+    for i in range(30):
+        make_push([f"u{i % 5}"], age=timedelta(minutes=i),
+                  status=PushStatus.FAILED if i % 7 == 0 else PushStatus.DELIVERED,
+                  delivered={f"n{i % 8}": (1, 1)})
+    large = _queries(operator, url)
+
+    assert large == small
+    # The request's session and user, then the dashboard's seven aggregate queries.
+    assert large <= 9, large
+
+
+def test_dashboard_needs_view_permissions(client, django_user_model, node):
+    staff = django_user_model.objects.create_user("plain", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert client.get(reverse("admin:index")).status_code == 200
+    assert "console-live" not in client.get(reverse("admin:index")).content.decode()
+    assert client.get(reverse("admin:console_live")).status_code == 403
+    assert client.get(reverse("admin:console_json")).status_code == 403
+
+
+def test_anonymous_poll_goes_to_login(client, db):
+    response = client.get(reverse("admin:console_live"))
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]

@@ -1,0 +1,80 @@
+"""``manage.py prunegateway``: deletes only what is past retention."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+from django.utils import timezone
+
+from push_app.models import PushDelivery, PushLog, PushStatus
+from sessions_app.models import Node, SessionRecord
+from tests.console.conftest import make_node, make_push, make_session
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def history():
+    now = timezone.now()
+    alive = make_node("alive")
+    gone = make_node("gone", alive=False)
+    Node.objects.filter(id="gone").update(last_seen=now - timedelta(days=30))
+    recent = make_node("recent-dead", alive=False)
+    rows = {
+        "old_push": make_push(["u"], age=timedelta(days=10), delivered={"alive": (1, 1)}),
+        "old_failed": make_push(["u"], age=timedelta(days=10), status=PushStatus.FAILED),
+        "old_waiting": make_push(["u"], age=timedelta(days=10), status=PushStatus.ACCEPTED),
+        "new_push": make_push(["u"], age=timedelta(days=2), delivered={"alive": (1, 0)}),
+    }
+    old_closed = make_session("old-closed", "u", alive, closed=True, close_code=1000)
+    SessionRecord.objects.filter(id="old-closed").update(closed_at=now - timedelta(days=10))
+    make_session("new-closed", "u", alive, closed=True, close_code=1000)
+    make_session("old-open", "u", alive, age=timedelta(days=20))
+    make_session("on-gone", "u", gone, closed=True)
+    make_session("on-recent", "u", recent)
+    return rows, old_closed
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("prunegateway", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_prune_deletes_only_old_rows(history):
+    rows, _ = history
+    out = run()
+    assert "deleted: 2 push log(s) older than 7 d (1 delivery row(s))" in out
+    assert set(PushLog.objects.values_list("id", flat=True)) == {
+        rows["old_waiting"].id, rows["new_push"].id}  # an accepted push is never dropped
+    assert list(PushDelivery.objects.values_list("push_id", flat=True)) == [rows["new_push"].id]
+    assert set(SessionRecord.objects.values_list("id", flat=True)) == {
+        "new-closed", "old-open", "on-recent"}
+    assert set(Node.objects.values_list("id", flat=True)) == {"alive", "recent-dead"}
+
+
+def test_dry_run_deletes_nothing(history):
+    out = run("--dry-run")
+    assert "would delete: 2 push log(s)" in out and "1 node(s)" in out
+    assert PushLog.objects.count() == 4 and Node.objects.count() == 3
+
+
+def test_days_from_options_and_settings(history):
+    run("--push-days", "1", "--session-days", "0", "--node-days", "0")
+    assert PushLog.objects.count() == 1  # only the accepted one is left
+    assert SessionRecord.objects.count() == 5 and Node.objects.count() == 3
+    with override_settings(GATEWAY_RETENTION_PUSH_DAYS=0, GATEWAY_RETENTION_SESSION_DAYS=0):
+        assert "retention is off" in run()
+    with override_settings(GATEWAY_RETENTION_SESSION_DAYS=1):
+        run("--node-days", "0")
+    assert set(SessionRecord.objects.values_list("id", flat=True)) == {
+        "new-closed", "old-open", "on-recent", "on-gone"}  # only old-closed was past 1 day
+
+
+def test_negative_days_are_refused(db):
+    with pytest.raises(CommandError, match="--push-days must be 0 or more"):
+        run("--push-days", "-1")
