@@ -90,5 +90,17 @@ class GatewaySettings:
     def max_token_ttl_s(self) -> int:
         return int(settings.GATEWAY_MAX_TOKEN_TTL_S)
 
+    @property
+    def retention_push_days(self) -> int:
+        return int(settings.GATEWAY_RETENTION_PUSH_DAYS)
+
+    @property
+    def retention_session_days(self) -> int:
+        return int(settings.GATEWAY_RETENTION_SESSION_DAYS)
+
+    @property
+    def connections_ceiling(self) -> int:
+        return int(settings.GATEWAY_CONNECTIONS_CEILING)
+
 
 gateway_settings = GatewaySettings()

@@ -79,6 +79,7 @@ class Node:
             connections=lambda: len(self.registry),
             users=lambda: self.registry.user_count,
             backlog=lambda: self.relay.backlog,
+            oldest_age_s=self.relay.oldest_age_s,
         )
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -99,6 +100,9 @@ class Node:
         await self.broker.start()
         self._spawn(self.relay.run(), "relay")
         self._spawn(self._housekeeping(), "housekeeping")
+        metrics.set_process(self.node_id, role=self.role,
+                            connections_ceiling=gateway_settings.connections_ceiling)
+        self._spawn(metrics.watch_event_loop(self.node_id, self.role), "loop-lag")
         if self.role == "all":
             self._spawn(self.broker.consume(self.deliverer.handle_raw), "consume")
         else:

@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from gatewaysite import metrics
 from gatewaysite.node import Node, get_node
+from push_app.delivery import LOCAL_CHANNEL_PREFIX
 
 #: Each dependency gets this long to answer /readyz.
 CHECK_TIMEOUT_S = 2.0
@@ -31,7 +32,8 @@ async def _channel_layer() -> None:
     layer = get_channel_layer()
     if layer is None:
         raise RuntimeError("no channel layer configured")
-    channel = await layer.new_channel("gateway.readyz.")
+    # The listener's prefix: one receive serves both (see LOCAL_CHANNEL_PREFIX).
+    channel = await layer.new_channel(LOCAL_CHANNEL_PREFIX)
     await layer.send(channel, {"type": "gateway.readyz"})
     await layer.receive(channel)
 
@@ -67,4 +69,9 @@ async def readyz(request: HttpRequest) -> HttpResponse:
 
 
 async def metrics_view(request: HttpRequest) -> HttpResponse:
-    return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+    if metrics.MULTIPROC_DIR:
+        # Reads every process's files: off the event loop.
+        body = await sync_to_async(metrics.render, thread_sensitive=False)()
+    else:
+        body = metrics.render()
+    return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from gatewaysite import env
+from gatewaysite import env, logs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env.data_dir()
@@ -23,7 +23,8 @@ ALLOWED_HOSTS = env.csv("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    # Django's admin with the operator console as its site (gatewaysite/admin_site.py).
+    "gatewaysite.apps.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -34,6 +35,7 @@ INSTALLED_APPS = [
     "channels",
     "sessions_app",
     "push_app",
+    "monitoring",
 ]
 
 MIDDLEWARE = [
@@ -166,24 +168,37 @@ GATEWAY_API_RATE_PER_SECOND = env.integer("GATEWAY_API_RATE_PER_SECOND", 2000, m
 GATEWAY_NODE_TIMEOUT_S = env.integer("GATEWAY_NODE_TIMEOUT", 30, minimum=3)
 GATEWAY_RECORD_INTERVAL_S = env.integer("GATEWAY_RECORD_INTERVAL", 5, minimum=1)
 GATEWAY_MAX_TOKEN_TTL_S = env.integer("GATEWAY_MAX_TOKEN_TTL", 30 * 24 * 3600, minimum=60)
+# Retention (`manage.py prunegateway`): days kept; 0 keeps forever.
+GATEWAY_RETENTION_PUSH_DAYS = env.integer("GATEWAY_RETENTION_PUSH_DAYS", 7, minimum=0)
+GATEWAY_RETENTION_SESSION_DAYS = env.integer("GATEWAY_RETENTION_SESSION_DAYS", 7, minimum=0)
 
 # The request body limit is enforced by the API's parser with a 413; Django's own check
 # would answer 400 first, so it is raised above ours.
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_REQUEST_BYTES + 1024 * 1024
 
+# --- Monitoring and alerting (docs/monitoring.md) --------------------------------------
+# Connections a node is sized for: gateway_connections_ceiling, and the alert near it.
+GATEWAY_CONNECTIONS_CEILING = env.integer("GATEWAY_CONNECTIONS_CEILING", 10_000, minimum=0)
+# `manage.py runalerts`: where to notify, how often to look, and the thresholds.
+GATEWAY_ALERT_WEBHOOK_URL = env.text("GATEWAY_ALERT_WEBHOOK_URL", "")
+GATEWAY_ALERT_EMAIL = env.flag("GATEWAY_ALERT_EMAIL", False)
+GATEWAY_ALERT_INTERVAL_S = env.integer("GATEWAY_ALERT_INTERVAL", 30, minimum=1)
+GATEWAY_ALERT_WINDOW_S = env.integer("GATEWAY_ALERT_WINDOW", 300, minimum=1)
+GATEWAY_ALERT_BACKLOG_AGE_S = env.integer("GATEWAY_ALERT_BACKLOG_AGE", 60, minimum=1)
+GATEWAY_ALERT_BACKLOG_MIN = env.integer("GATEWAY_ALERT_BACKLOG_MIN", 1, minimum=1)
+GATEWAY_ALERT_FAILED_MIN = env.integer("GATEWAY_ALERT_FAILED_MIN", 1, minimum=1)
+GATEWAY_ALERT_UNDELIVERED_AGE_S = env.integer("GATEWAY_ALERT_UNDELIVERED_AGE", 30, minimum=1)
+GATEWAY_ALERT_LATENCY_P99_MS = env.integer("GATEWAY_ALERT_LATENCY_P99_MS", 5000, minimum=1)
+GATEWAY_ALERT_CONNECTIONS_PERCENT = env.integer(
+    "GATEWAY_ALERT_CONNECTIONS_PERCENT", 90, minimum=1
+)
+# Mail for GATEWAY_ALERT_EMAIL=on (Django's mail_admins): recipients and SMTP server.
+ADMINS = [("", address) for address in env.csv("DJANGO_ADMINS", "")]
+SERVER_EMAIL = env.text("DJANGO_SERVER_EMAIL", "gateway@localhost")
+EMAIL_HOST = env.text("DJANGO_EMAIL_HOST", "localhost")
+EMAIL_PORT = env.integer("DJANGO_EMAIL_PORT", 25, minimum=1)
+
 LOG_LEVEL = env.text("GATEWAY_LOG_LEVEL", "INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {
-            "format": "%(asctime)s %(levelname)s %(name)s [" + GATEWAY_NODE_ID + "] %(message)s"
-        },
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "django.channels.server": {"level": "WARNING"},
-        "daphne": {"level": "WARNING"},
-    },
-}
+# `plain` (default) or `json`: one JSON object per line with node, session and push ids.
+LOG_FORMAT = env.text("GATEWAY_LOG_FORMAT", "plain")
+LOGGING = logs.logging_config(node_id=GATEWAY_NODE_ID, level=LOG_LEVEL, log_format=LOG_FORMAT)

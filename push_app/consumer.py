@@ -12,6 +12,7 @@ import signal
 from channels.layers import get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 
+from gatewaysite import metrics
 from gatewaysite.conf import gateway_settings
 from push_app.brokers import BaseBroker, create_broker
 from push_app.delivery import ChannelLayerForwarder
@@ -39,12 +40,17 @@ async def run(*, broker: BaseBroker | None = None, stop: asyncio.Event | None = 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    forwarder = ChannelLayerForwarder(get_channel_layer())
+    node_id = gateway_settings.node_id
+    forwarder = ChannelLayerForwarder(get_channel_layer(), node_id=node_id)
+    metrics.set_process(node_id, role="consumer")
+    lag = asyncio.create_task(metrics.watch_event_loop(node_id, "consumer"), name="loop-lag")
     await broker.start()
     consuming = asyncio.create_task(broker.consume(forwarder), name="gateway-consume")
     logger.info("consumer for node %s started (broker %s)", gateway_settings.node_id, broker.name)
     stopped = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({consuming, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    lag.cancel()
+    metrics.PROCESSES.labels(node_id, "consumer").set(0)
     if consuming in done and consuming.exception() is not None:
         stopped.cancel()
         await broker.close()

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gatewaysite import metrics
+from gatewaysite.conf import gateway_settings
+from gatewaysite.logs import push_id_var
 from push_app.ledger import DeliveryLedger
 from push_app.messages import BadMessage, ControlMessage, Message, PushMessage, decode
 from sessions_app.close_codes import CloseCode
@@ -27,6 +29,11 @@ logger = logging.getLogger("gateway.delivery")
 
 #: Channel-layer group that every web process of a node joins.
 NODE_GROUP = "gateway.node"
+#: Prefix of every process-local channel a web process receives on (``new_channel``).
+#: channels_redis multiplexes a process's local channels on one Redis key only when they
+#: share the prefix; under another prefix a receive waits for the receive lock, which the
+#: listener holds as long as the node gets no message (``/readyz`` then times out).
+LOCAL_CHANNEL_PREFIX = "gateway.web."
 #: Messages published this long before the node started still count as fresh (clock skew
 #: between nodes, and pushes published while this node was starting).
 STALE_GRACE_MS = 5_000
@@ -53,6 +60,7 @@ class Deliverer:
         self.registry = registry
         self.ledger = ledger
         self.close_session = close_session
+        self.metrics = metrics.bound(node_id)
         self.started_ms = self.clock_ms() if started_ms is None else started_ms
         self._seen: OrderedDict[str, None] = OrderedDict()
 
@@ -60,32 +68,37 @@ class Deliverer:
         try:
             message = decode(raw)
         except BadMessage as exc:
-            metrics.SKIPPED.labels(self.node_id, "malformed").inc()
+            self.metrics.skipped["malformed"].inc()
             logger.warning("skipped a malformed broker message (%s): %.200r", exc, raw)
             return
         await self.handle(message)
 
     async def handle(self, message: Message) -> None:
-        metrics.CONSUMED.labels(self.node_id, message.tag).inc()
+        self.metrics.consumed[message.tag].inc()
         if message.id in self._seen:
-            metrics.SKIPPED.labels(self.node_id, "duplicate").inc()
+            self.metrics.skipped["duplicate"].inc()
             return
         self._seen[message.id] = None
         if len(self._seen) > self.max_seen:
             self._seen.popitem(last=False)
-        if isinstance(message, PushMessage):
-            await self.deliver_push(message)
-        else:
-            await self.apply_control(message)
+        # Whatever is logged while this message is handled names it.
+        token = push_id_var.set(message.id)
+        try:
+            if isinstance(message, PushMessage):
+                await self.deliver_push(message)
+            else:
+                await self.apply_control(message)
+        finally:
+            push_id_var.reset(token)
 
     async def deliver_push(self, message: PushMessage) -> int:
         now = self.clock_ms()
         published = message.published_ms or message.accepted_ms
         if published < self.started_ms - STALE_GRACE_MS:
-            metrics.SKIPPED.labels(self.node_id, "stale").inc()
+            self.metrics.skipped["stale"].inc()
             return 0
         if message.expired(now):
-            metrics.SKIPPED.labels(self.node_id, "expired").inc()
+            self.metrics.skipped["expired"].inc()
             return 0
         registry = self.registry
         targets = (
@@ -100,11 +113,11 @@ class Deliverer:
                 sent += 1
         if sent:
             self.ledger.delivered(message.id, sent)
-            metrics.DELIVERIES.labels(self.node_id).inc(sent)
+            self.metrics.deliveries.inc(sent)
             latency_s = max(0, self.clock_ms() - message.accepted_ms) / 1000
-            metrics.PUSH_LATENCY.labels(self.node_id).observe(latency_s)
+            self.metrics.push_latency.observe(latency_s)
         else:
-            metrics.SKIPPED.labels(self.node_id, "no_local_session").inc()
+            self.metrics.skipped["no_local_session"].inc()
         return sent
 
     async def apply_control(self, message: ControlMessage) -> int:
@@ -123,13 +136,23 @@ class Deliverer:
 
 
 class ChannelLayerForwarder:
-    """In ``runconsumer``: one channel-layer message per broker message, to the node group."""
+    """In ``runconsumer``: one channel-layer message per broker message, to the node group.
 
-    def __init__(self, channel_layer: Any) -> None:
+    Each carries ``forwarded_at`` (epoch seconds) so the web side measures the channel
+    layer's lag (``gateway_channel_layer_lag_seconds``).
+    """
+
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    def __init__(self, channel_layer: Any, *, node_id: str = "") -> None:
         self.channel_layer = channel_layer
+        self.forwarded = metrics.bound(node_id or gateway_settings.node_id).forwarded
 
     async def __call__(self, raw: bytes) -> None:
-        await self.channel_layer.group_send(NODE_GROUP, {"type": "gateway.message", "raw": raw})
+        await self.channel_layer.group_send(
+            NODE_GROUP, {"type": "gateway.message", "raw": raw, "forwarded_at": self.clock()}
+        )
+        self.forwarded.inc()
 
 
 class ChannelLayerListener:
@@ -138,12 +161,15 @@ class ChannelLayerListener:
     #: channels_redis forgets group members after a day; rejoin well before that.
     rejoin_every_s = 3600.0
 
+    clock: Callable[[], float] = staticmethod(time.time)
+
     def __init__(self, channel_layer: Any, deliverer: Deliverer) -> None:
         self.channel_layer = channel_layer
         self.deliverer = deliverer
+        self.lag = deliverer.metrics.channel_layer_lag
 
     async def run(self) -> None:
-        channel = await self.channel_layer.new_channel("gateway.web.")
+        channel = await self.channel_layer.new_channel(LOCAL_CHANNEL_PREFIX)
         await self.channel_layer.group_add(NODE_GROUP, channel)
         loop = asyncio.get_running_loop()
         joined = loop.time()
@@ -151,6 +177,9 @@ class ChannelLayerListener:
             while True:
                 try:
                     event = await self.channel_layer.receive(channel)
+                    forwarded_at = event.get("forwarded_at")
+                    if forwarded_at is not None:
+                        self.lag.observe(max(0.0, self.clock() - forwarded_at))
                     await self.deliverer.handle_raw(event["raw"])
                 except asyncio.CancelledError:
                     raise

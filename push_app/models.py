@@ -70,6 +70,7 @@ class PushLog(models.Model):
             )
         ]
         indexes = [models.Index(fields=["status", "created_at"])]
+        permissions = [("send_test_push", "Can send a test push from the console")]
 
     def __str__(self) -> str:
         return self.id

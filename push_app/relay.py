@@ -60,10 +60,18 @@ class Relay:
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.broker_up = True
+        self.metrics = metrics.bound(node_id)
 
     @property
     def backlog(self) -> int:
         return len(self.pending)
+
+    def oldest_age_s(self) -> float:
+        """How long the oldest waiting push has waited since the API accepted it."""
+        for message in self.pending:
+            if isinstance(message, PushMessage):
+                return max(0.0, self.clock() - message.accepted_ms / 1000)
+        return 0.0
 
     def submit(self, message: Message) -> None:
         """Queue a stored push, or a control order, for publishing (on the event loop)."""
@@ -110,6 +118,10 @@ class Relay:
     async def publish_some(self) -> bool:
         """Publish up to ``window`` pending pushes; False if the broker refused any."""
         now = self.clock()
+        if not self.broker_up:
+            # While the broker refuses, the same first window is retried: expire what ran
+            # out of ttl further back too, or it would stay ``accepted`` past its ttl.
+            self._expire_pending(int(now * 1000))
         batch: list[Message] = []
         while self.pending and len(batch) < self.window:
             message = self.pending.popleft()
@@ -118,7 +130,8 @@ class Relay:
                 if isinstance(message, PushMessage):
                     self._failed.append(message.id)
                 else:
-                    logger.warning("dropped control order %s: broker down past its ttl", message.id)
+                    logger.warning("dropped control order %s: broker down past its ttl",
+                                   message.id, extra={"push_id": message.id})
                 continue
             batch.append(message)
         if not batch:
@@ -135,6 +148,22 @@ class Relay:
         self.broker_up = not refused
         return not refused
 
+    def _expire_pending(self, now_ms: int) -> None:
+        if not any(m.expired(now_ms) for m in self.pending):
+            return
+        kept: deque[Message] = deque()
+        for message in self.pending:
+            if not message.expired(now_ms):
+                kept.append(message)
+                continue
+            self._pending_ids.discard(message.id)
+            if isinstance(message, PushMessage):
+                self._failed.append(message.id)
+            else:
+                logger.warning("dropped control order %s: broker down past its ttl",
+                               message.id, extra={"push_id": message.id})
+        self.pending = kept
+
     async def _publish(self, message: Message) -> bool:
         started = time.perf_counter()
         stamped: Message = message
@@ -143,16 +172,18 @@ class Relay:
         try:
             await self.broker.publish(stamped)
         except BrokerUnavailable as exc:
-            metrics.BROKER_ERRORS.labels(self.node_id, "publish").inc()
+            self.metrics.publish_errors.inc()
             if self.broker_up:
-                logger.warning("broker refused push %s, keeping it: %s", message.id, exc)
+                logger.warning("broker refused push %s, keeping it: %s", message.id, exc,
+                               extra={"push_id": message.id})
             return False
         except Exception:
-            metrics.BROKER_ERRORS.labels(self.node_id, "publish").inc()
-            logger.exception("publishing push %s failed, keeping it", message.id)
+            self.metrics.publish_errors.inc()
+            logger.exception("publishing push %s failed, keeping it", message.id,
+                             extra={"push_id": message.id})
             return False
-        metrics.PUBLISHED.labels(self.node_id).inc()
-        metrics.PUBLISH_LATENCY.labels(self.node_id).observe(time.perf_counter() - started)
+        self.metrics.published.inc()
+        self.metrics.publish_latency.observe(time.perf_counter() - started)
         return True
 
     async def flush(self) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.db import connection
+from django.db.models import Count, Max, Q, Sum, TextField, Value
+from django.db.models.functions import Cast, StrIndex, TruncMinute
+from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
-from push_app.models import ApiClient, PushLog
+from push_app.models import ApiClient, PushDelivery, PushLog, PushStatus
 from sessions_app.models import SessionRecord
 from sessions_app.registry import SessionManager
 
@@ -67,3 +73,125 @@ def user_presence(*, user_id: str, node_id: str, registry: SessionManager,
         for r in remote
     )
     return {"user": user_id, "online": bool(connections), "connections": connections}
+
+
+# --- Operator console -------------------------------------------------------------------
+# Reads behind the admin dashboard and user page: aggregate queries only, a fixed number
+# per call whatever the number of nodes, sessions or pushes.
+
+def users_contain_q(user_id: str) -> Q:
+    """PushLogs whose ``users`` list holds ``user_id``, on PostgreSQL and SQLite alike.
+
+    PostgreSQL has JSON containment (``@>``); Django has no such lookup on SQLite, so there
+    the list's text is searched for the quoted id with ``instr`` (case-sensitive, where
+    ``LIKE`` is not). User ids cannot hold quotes or backslashes (PROTOCOL.md section 1),
+    so the quoted id matches exactly one whole element.
+    """
+    if connection.vendor == "postgresql":
+        return Q(users__contains=[user_id])
+    position = StrIndex(Cast("users", TextField()), Value(json.dumps(user_id)))
+    return Q(GreaterThan(position, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteBucket:
+    start: datetime
+    pushes: int = 0
+    delivered: int = 0
+    acked: int = 0
+    failed: int = 0
+
+
+def push_series(*, now: datetime | None = None, minutes: int = 60) -> list[MinuteBucket]:
+    """Pushes accepted per minute over the last ``minutes``, with what they delivered
+    (connections), their acks and failures; empty minutes included. One query."""
+    now = now or timezone.now()
+    first = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
+    rows = (
+        PushLog.objects.filter(created_at__gte=first)
+        .annotate(minute=TruncMinute("created_at"))
+        .values("minute")
+        .annotate(
+            pushes=Count("id"), delivered=Sum("delivered"), acked=Sum("acked"),
+            failed=Count("id", filter=Q(status=PushStatus.FAILED)),
+        )
+    )
+    by_minute = {row["minute"]: row for row in rows}
+    series = []
+    for i in range(minutes):
+        start = first + timedelta(minutes=i)
+        row = by_minute.get(start)
+        series.append(
+            MinuteBucket(start=start) if row is None else MinuteBucket(
+                start=start, pushes=row["pushes"], delivered=row["delivered"] or 0,
+                acked=row["acked"] or 0, failed=row["failed"],
+            )
+        )
+    return series
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRates:
+    accepted_per_min: float = 0.0
+    delivered_per_min: float = 0.0
+    last_delivery: datetime | None = None
+
+
+def node_rates(*, now: datetime | None = None, window_s: int = 300) -> dict[str, NodeRates]:
+    """Per node: pushes its API accepted and connections it delivered to, per minute over
+    the last ``window_s``, and its last delivery within the hour. Two queries."""
+    now = now or timezone.now()
+    window_start = now - timedelta(seconds=window_s)
+    per_min = 60.0 / window_s
+    accepted = dict(
+        PushLog.objects.filter(created_at__gte=window_start)
+        .values_list("accepted_node").annotate(n=Count("id")).values_list("accepted_node", "n")
+    )
+    deliveries = (
+        PushDelivery.objects.filter(push__created_at__gte=now - timedelta(hours=1))
+        .values("node_id")
+        .annotate(
+            recent=Sum("delivered", filter=Q(push__created_at__gte=window_start)),
+            last=Max("updated_at"),
+        )
+    )
+    rates: dict[str, NodeRates] = {}
+    for row in deliveries:
+        rates[row["node_id"]] = NodeRates(
+            accepted_per_min=accepted.pop(row["node_id"], 0) * per_min,
+            delivered_per_min=(row["recent"] or 0) * per_min,
+            last_delivery=row["last"],
+        )
+    for node_id, n in accepted.items():
+        rates[node_id] = NodeRates(accepted_per_min=n * per_min)
+    return rates
+
+
+def recent_failures(*, since: datetime, limit: int = 10) -> list[PushLog]:
+    """The latest failed pushes since ``since``, with their clients. One query."""
+    return list(
+        PushLog.objects.filter(status=PushStatus.FAILED, created_at__gte=since)
+        .select_related("client")
+        .defer("data_json")
+        .order_by("-created_at")[:limit]
+    )
+
+
+def waiting_count() -> int:
+    """Pushes stored but not yet on the broker (``accepted``), of any age. One query."""
+    return PushLog.objects.filter(status=PushStatus.ACCEPTED).count()
+
+
+def pushes_to_user(*, user_id: str, limit: int = 20,
+                   since: datetime | None = None) -> list[PushLog]:
+    """The latest pushes naming ``user_id`` and the latest broadcasts, newest first, with
+    their clients and per-node deliveries. Two queries."""
+    since = since or timezone.now() - timedelta(days=7)
+    return list(
+        PushLog.objects.filter(created_at__gte=since)
+        .filter(users_contain_q(user_id) | Q(broadcast=True))
+        .select_related("client")
+        .prefetch_related("deliveries")
+        .defer("data_json")
+        .order_by("-created_at")[:limit]
+    )

@@ -21,8 +21,8 @@ from django.utils import timezone
 
 from gatewaysite.conf import gateway_settings
 from push_app.messages import ControlMessage, Message, PushMessage
-from push_app.models import ApiClient, PushLog
-from push_app.validation import PushRequest, RequestInvalid, TokenRequest
+from push_app.models import ApiClient, PushDelivery, PushLog, PushStatus
+from push_app.validation import PushRequest, RequestInvalid, TokenRequest, push_request
 from sessions_app.tokens import encode_token
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -205,3 +205,46 @@ def api_client_touch(client: ApiClient, *, every: timedelta = timedelta(minutes=
     if client.last_used_at is None or now - client.last_used_at >= every:
         client.last_used_at = now
         ApiClient.objects.filter(pk=client.pk).update(last_used_at=now)
+
+
+def api_client_set_active(*, clients: list[ApiClient], active: bool) -> int:
+    """(De)activate clients: a deactivated client's key gets 403 from its next request."""
+    return ApiClient.objects.filter(pk__in=[c.pk for c in clients]).update(is_active=active)
+
+
+# --- Operator console --------------------------------------------------------------------
+
+TEST_PUSH_TOPIC = "console.test"
+
+
+def console_test_push(*, user_id: str, data: object, topic: str | None, submit: Submit,
+                      backlog: int = 0) -> PushLog:
+    """A push from an operator to one user, through the same path as the API's (validated,
+    stored, published after commit), with no API client: it shows as "console" in admin."""
+    req = push_request({"users": [user_id], "data": data,
+                        **({"topic": topic} if topic else {})})
+    log, _ = push_create(client=None, req=req, submit=submit, backlog=backlog)
+    return log
+
+
+# --- Retention ------------------------------------------------------------------------------
+
+def push_logs_prune(*, before: datetime, batch_size: int = 1000,
+                    dry_run: bool = False) -> tuple[int, int]:
+    """Delete push logs created before ``before`` with their deliveries, in batches (short
+    transactions, bounded memory); ``(logs, deliveries)`` deleted, or that would be.
+
+    A push still ``accepted`` is kept whatever its age: it waits for the broker, and an
+    accepted push is never silently lost (PROTOCOL.md section 2).
+    """
+    old = PushLog.objects.filter(created_at__lt=before).exclude(status=PushStatus.ACCEPTED)
+    if dry_run:
+        return old.count(), PushDelivery.objects.filter(push__in=old).count()
+    logs = deliveries = 0
+    while True:
+        ids = list(old.values_list("id", flat=True)[:batch_size])
+        if not ids:
+            return logs, deliveries
+        with transaction.atomic():
+            deliveries += PushDelivery.objects.filter(push_id__in=ids).delete()[0]
+            logs += PushLog.objects.filter(id__in=ids).only("id").delete()[0]

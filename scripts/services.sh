@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local Redis and PostgreSQL for the test suite, on loopback and private ports, with their
 # data in a scratch folder.
-#   scripts/services.sh install              apt-get the Debian packages if missing (root)
+#   scripts/services.sh install              apt-get the Debian packages if missing (root):
+#                                            redis-server, postgresql, chromium, prometheus
 #   scripts/services.sh start|stop redis|postgres
 # Ports: GATEWAY_TEST_REDIS_PORT (6390), GATEWAY_TEST_PG_PORT (5440).
 set -euo pipefail
@@ -16,6 +17,8 @@ install() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   [ -n "$PG_BIN" ] || missing+=(postgresql)
   command -v chromium >/dev/null || missing+=(chromium)
+  # promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/monitoring).
+  command -v promtool >/dev/null || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

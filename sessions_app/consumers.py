@@ -14,7 +14,7 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer
 
-from gatewaysite import metrics
+from gatewaysite import logs, metrics
 from gatewaysite.conf import gateway_settings
 from gatewaysite.node import Node, get_node
 from sessions_app import frames
@@ -32,6 +32,7 @@ class GatewayConsumer(AsyncConsumer):
         self.scope = scope
         self.base_send = send
         self.node = get_node()
+        self.metrics = metrics.bound(self.node.node_id)
         await self.node.ensure_started()
         self.session = None
         self.closed = False
@@ -58,7 +59,7 @@ class GatewayConsumer(AsyncConsumer):
                 frames.token_from_scope(self.scope), secret=gateway_settings.jwt_secret
             )
         except InvalidToken as exc:
-            metrics.AUTH_FAILURES.labels(self.node.node_id).inc()
+            self.metrics.auth_failures.inc()
             await self._close(CloseCode.UNAUTHORIZED, str(exc))
             return
         self.buffer = send_buffer_for(
@@ -76,6 +77,8 @@ class GatewayConsumer(AsyncConsumer):
             user_agent=frames.header(self.scope, b"user-agent"),
             meta=claims.meta,
         )
+        # This connection's task logs with its session id from here on.
+        logs.session_id_var.set(self.session.session_id)
         await self.node.hub.open(
             self.session, max_per_user=gateway_settings.max_connections_per_user
         )
@@ -111,17 +114,17 @@ class GatewayConsumer(AsyncConsumer):
             await hub.close(session, CloseCode.TOO_MANY_FRAMES)
             return
         if text is None:
-            metrics.FRAMES.labels(self.node.node_id, "binary").inc()
+            self.metrics.frame("binary")
             await self.send_frame(frames.error("binary frames are not supported; send JSON text"))
             return
         try:
             frame = frames.parse(text)
         except frames.BadFrame as exc:
-            metrics.FRAMES.labels(self.node.node_id, "bad").inc()
+            self.metrics.frame("bad")
             await self.send_frame(frames.error(str(exc)))
             return
         kind = frame["type"]
-        metrics.FRAMES.labels(self.node.node_id, kind).inc()
+        self.metrics.frame(kind)
         if kind == "ping":
             await self.send_frame(frames.pong(int(time.time() * 1000)))
         else:

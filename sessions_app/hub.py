@@ -29,12 +29,16 @@ class Hub:
         self.registry = registry
         self.recorder = recorder
         self.draining = False
+        self.metrics = metrics.bound(node_id)
 
     async def open(self, session: ChannelSession, *, max_per_user: int) -> None:
         """Register a session; close the user's oldest past the cap with 4009."""
         evicted = self.registry.register(session, max_per_user=max_per_user)
         self.recorder.opened(session)
-        metrics.CONNECTS.labels(self.node_id).inc()
+        self.metrics.connects.inc()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("session opened for user %s", session.user_id,
+                         extra={"session_id": session.session_id})
         for old in evicted:
             await self._closed(old, CloseCode.REPLACED)
 
@@ -47,21 +51,27 @@ class Hub:
         """The client went away by itself (``websocket.disconnect``)."""
         if self.registry.unregister(session):
             self.recorder.closed(session, code=code, at=self.clock())
-            metrics.DISCONNECTS.labels(self.node_id, str(code)).inc()
+            self.metrics.disconnect(code)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("session closed by the client (%d)", code,
+                             extra={"session_id": session.session_id})
 
     async def _closed(self, session: ChannelSession, code: CloseCode) -> None:
         self.recorder.closed(session, code=int(code), at=self.clock())
-        metrics.DISCONNECTS.labels(self.node_id, str(int(code))).inc()
+        self.metrics.disconnect(int(code))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("session closed with %d", code, extra={"session_id": session.session_id})
         try:
             await session.connection.close(code)
         except Exception:
-            logger.exception("closing session %s with %d failed", session.session_id, code)
+            logger.exception("closing session %s with %d failed", session.session_id, code,
+                             extra={"session_id": session.session_id})
 
     async def sweep(self, *, timeout_s: float, now: float | None = None) -> int:
         """Close every session silent for ``timeout_s`` with 4008."""
         expired = self.registry.expired(timeout_s=timeout_s, now=now)
         for session in expired:
-            metrics.HEARTBEAT_TIMEOUTS.labels(self.node_id).inc()
+            self.metrics.heartbeat_timeouts.inc()
             await self.close(session, CloseCode.HEARTBEAT_TIMEOUT)
         return len(expired)
 

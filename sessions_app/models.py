@@ -50,6 +50,7 @@ class SessionRecord(models.Model):
         ordering = ["-connected_at"]
         verbose_name = "session"
         indexes = [models.Index(fields=["node", "closed_at"])]
+        permissions = [("disconnect_session", "Can disconnect live sessions (close 4010)")]
 
     def __str__(self) -> str:
         return f"{self.user_id} on {self.node_id} ({self.id})"

@@ -70,15 +70,21 @@ class PushView(APIView):
         summary="Push JSON to users, or to everyone",
     )
     def post(self, request: Request) -> Response:
+        client = _client(request)
+        counted = metrics.bound(gateway_settings.node_id)
         try:
             req = validation.push_request(request.data)
         except RequestInvalid:
-            metrics.PUSHES.labels(gateway_settings.node_id, "rejected").inc()
+            counted.push(client.name, "rejected")
             raise
-        log, created = services.push_create(
-            client=_client(request), req=req, submit=_submit, backlog=get_node().relay.backlog
-        )
-        metrics.PUSHES.labels(gateway_settings.node_id, "accepted" if created else "repeated").inc()
+        try:
+            log, created = services.push_create(
+                client=client, req=req, submit=_submit, backlog=get_node().relay.backlog
+            )
+        except RequestInvalid:
+            counted.push(client.name, "unavailable")
+            raise
+        counted.push(client.name, "accepted" if created else "repeated")
         return Response(
             {"id": log.id, "status": log.status, "targets": req.targets if created else
              ("all" if log.broadcast else log.target_count)},
@@ -101,16 +107,20 @@ class PushBatchView(APIView):
                 good.append((index, validation.push_request(item)))
             except RequestInvalid as exc:
                 results[index] = error_body(exc.code, exc.detail)
+        new = 0
         if good:
             created = services.push_create_many(
                 client=_client(request), reqs=[req for _, req in good], submit=_submit,
                 backlog=get_node().relay.backlog,
             )
-            for (index, _), (log, _new) in zip(good, created, strict=True):
+            for (index, _), (log, is_new) in zip(good, created, strict=True):
                 results[index] = {"id": log.id, "status": log.status}
-        node_id = gateway_settings.node_id
-        metrics.PUSHES.labels(node_id, "accepted").inc(len(good))
-        metrics.PUSHES.labels(node_id, "rejected").inc(len(items) - len(good))
+                new += is_new
+        counted = metrics.bound(gateway_settings.node_id)
+        name = _client(request).name
+        counted.push(name, "accepted", new)
+        counted.push(name, "repeated", len(good) - new)
+        counted.push(name, "rejected", len(items) - len(good))
         return Response({"results": results}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gatewaysite import metrics
 from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
 from push_app.messages import Message, encode
 
@@ -93,6 +94,7 @@ class RedisBroker(BaseBroker):
                 raise
             except (RedisError, OSError) as exc:
                 self.consuming = False
+                metrics.bound(self.node_id).consume_errors.inc()
                 logger.warning("redis stream read failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -29,6 +29,7 @@ import re
 import time
 from typing import Any
 
+from gatewaysite import metrics
 from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
 from push_app.messages import TAG_CONTROL, TAG_PUSH, Message, PushMessage, encode
 
@@ -41,7 +42,13 @@ class _DropRpcNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (exc is not None and type(exc).__name__ == "AioRpcError")
+        if exc is not None and type(exc).__name__ == "AioRpcError":
+            return False
+        # A consumer's shutdown cancels its receive in flight, and the client's callback
+        # then fails on its own closed executor: a traceback at every orderly stop.
+        future = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        cancelled = getattr(future, "cancelled", None)
+        return not (isinstance(exc, AttributeError) and callable(cancelled) and cancelled())
 
 
 logging.getLogger("concurrent.futures").addFilter(_DropRpcNoise())
@@ -74,6 +81,7 @@ class RocketMQBroker(BaseBroker):
         self._producer: Any = None
         self._consumer: Any = None
         self._consumer_failures = 0
+        self._rebuild_lock = asyncio.Lock()
         self.consumer_error: str | None = None
         # The client logs every heartbeat at INFO into ~/logs; keep warnings only.
         logging.getLogger("rocketmq-python-client").setLevel(logging.WARNING)
@@ -123,13 +131,14 @@ class RocketMQBroker(BaseBroker):
         return consumer
 
     def _rebuild_consumer(self) -> None:
-        old, self._consumer = self._consumer, None
+        # The new one first: a receiver never finds no consumer.
+        new = self._new_consumer()
+        old, self._consumer = self._consumer, new
         if old is not None:
             try:
                 old.shutdown()
             except Exception:
                 logger.debug("shutting down the old consumer failed", exc_info=True)
-        self._consumer = self._new_consumer()
 
     async def consume(self, handler: Handler) -> None:
         if self._consumer is None:
@@ -156,7 +165,11 @@ class RocketMQBroker(BaseBroker):
                     consumer.receive_async(self.batch, self.invisible_duration_s)
                 )
             except asyncio.CancelledError:
-                raise
+                if _task_cancelled():
+                    raise
+                # Not this task: the client cancelled the receive because the consumer was
+                # shut down, replaced by the other receiver's rebuild. Go on with the new one.
+                continue
             except Exception as exc:
                 await self._receive_failed(consumer, exc, delay)
                 delay = min(delay * 2, 5.0)
@@ -182,17 +195,24 @@ class RocketMQBroker(BaseBroker):
     async def _receive_failed(self, consumer: Any, exc: BaseException, delay: float) -> None:
         self._consumer_failures += 1
         self.consumer_error = _describe(exc)
+        metrics.bound(self.node_id).consume_errors.inc()
         if self._consumer_failures == 1:
             logger.warning("receiving from %s failed: %s", self.endpoint, self.consumer_error)
         await asyncio.sleep(delay)
-        if (self._consumer is consumer
-                and self._consumer_failures >= self.rebuild_after_failures):
-            logger.info("rebuilding the consumer after %d failures", self._consumer_failures)
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self._rebuild_consumer)
-            except Exception as rebuild_exc:
-                self.consumer_error = _describe(rebuild_exc)
-            self._consumer_failures = 0
+        # One rebuild at a time: the receivers fail together, and a second rebuild would
+        # leak the first new consumer (or shut it down under a receiver).
+        async with self._rebuild_lock:
+            if (self._consumer is consumer
+                    and self._consumer_failures >= self.rebuild_after_failures):
+                logger.info("rebuilding the consumer after %d failures",
+                            self._consumer_failures)
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, self._rebuild_consumer
+                    )
+                except Exception as rebuild_exc:
+                    self.consumer_error = _describe(rebuild_exc)
+                self._consumer_failures = 0
 
     async def check(self) -> None:
         host, _, port = self.endpoint.rpartition(":")
@@ -215,6 +235,12 @@ class RocketMQBroker(BaseBroker):
                     logger.debug("client shutdown failed", exc_info=True)
         self._consumer = self._producer = None
         self.consuming = False
+
+
+def _task_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not just a future it awaited)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _describe(exc: BaseException) -> str:

@@ -163,6 +163,14 @@ class Api:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
+    async def disconnect(self, user: str, reason: str | None = None,
+                         expect: int | None = 202) -> httpx.Response:
+        body = {} if reason is None else {"reason": reason}
+        response = await self.http.post(f"/api/v1/users/{user}/disconnect", json=body)
+        if expect is not None:
+            assert response.status_code == expect, (response.status_code, response.text)
+        return response
+
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     """A contract error: the status, and a JSON body with ``error`` and ``detail``."""

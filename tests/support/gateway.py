@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -64,15 +65,14 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def procs(self) -> list[subprocess.Popen[bytes]]:
+        """The node's processes: the server first, then its helpers (``runconsumer``)."""
+        return [p for p in (self.proc, *self.extra_procs) if p is not None]
+
     def manage(self, *args: str, timeout: float = 60) -> str:
         """Run a management command against this node's settings; its stdout."""
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=REPO, env=self.env, capture_output=True,
-            text=True, timeout=timeout, check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
-        return result.stdout
+        return manage(self.env, *args, timeout=timeout)
 
     def api_key(self, name: str | None = None) -> str:
         name = name or f"client-{time.monotonic_ns()}"
@@ -81,35 +81,72 @@ class GatewayProcess:
     def wait_ready(self, timeout_s: float = 45) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"node {self.node_id} exited {self.proc.returncode}:\n{self.log()}"
-                )
+            self._check_alive()
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"node {self.node_id} did not answer /healthz:\n{self.log()[-4000:]}")
 
+    def wait_readyz(self, timeout_s: float = 45) -> dict[str, Any]:
+        """Poll ``/readyz`` until it answers 200 (database, channel layer, broker and, for a
+        node that consumes in-process, its broker consumer); its body."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(httpx.HTTPError):
+                response = httpx.get(f"{self.url}/readyz", timeout=5)
+                last = f"{response.status_code} {response.text}"
+                if response.status_code == 200:
+                    return dict(response.json())
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"node {self.node_id} not ready within {timeout_s} s (last /readyz: {last}):\n"
+            f"{self.log()[-4000:]}"
+        )
+
+    def _check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"node {self.node_id}: {proc.args!r} exited {proc.returncode}:\n"
+                    f"{self.log()[-8000:]}"
+                )
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
         """Signal the process (and any helper processes) and wait; None if it had to be killed."""
-        code: int | None = None
-        for proc in [p for p in (self.proc, *self.extra_procs) if p is not None]:
+        procs = self.procs
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(sig)
-                try:
-                    proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-                    if proc is self.proc:
-                        return None
+        code: int | None = None
+        deadline = time.monotonic() + timeout_s
+        for proc in procs:
+            killed = False
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+                killed = True
             if proc is self.proc:
-                code = proc.returncode
+                code = None if killed else proc.returncode
         return code
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 60) -> str:
+    """Run ``manage.py`` with ``env`` (e.g. ``migrate`` before a cluster starts); its stdout."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=timeout, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
 
 
 def spawn(args: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -129,8 +166,10 @@ def start_gateway(
     port: int | None = None,
     args: Sequence[str] = (),
     migrate: bool = True,
+    wait: bool = True,
 ) -> GatewayProcess:
-    """``manage.py rungateway`` as a real process, ready when this returns."""
+    """``manage.py rungateway`` as a real process, ready when this returns (with ``wait``
+    False it returns at once: call ``wait_ready`` to start several nodes side by side)."""
     data_dir = workdir / node_id
     data_dir.mkdir(parents=True, exist_ok=True)
     gw = GatewayProcess(
@@ -141,12 +180,48 @@ def start_gateway(
     if not migrate:
         cmd.append("--no-migrate")
     gw.proc = spawn(cmd, gw.env, gw.log_path)
+    if wait:
+        _wait_or_kill(gw)
+    return gw
+
+
+def start_split_node(
+    workdir: Path,
+    *,
+    node_id: str,
+    env: dict[str, str],
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    wait: bool = True,
+) -> GatewayProcess:
+    """A node as separate processes: ``daphne gatewaysite.asgi:application`` (the web side)
+    and ``manage.py runconsumer`` (the broker consumer), sharing the node's channel layer,
+    so ``env`` must set ``REDIS_URL`` and a broker other than ``local``. Both write to the
+    node's log; ``proc`` is daphne, ``extra_procs[0]`` runconsumer."""
+    data_dir = workdir / node_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    gw = GatewayProcess(
+        node_id=node_id, host=host, port=port or free_port(host),
+        env=base_env(data_dir, node_id, env), log_path=data_dir / "gateway.log",
+    )
+    assert gw.env.get("REDIS_URL"), "a split node needs REDIS_URL for its channel layer"
+    gw.proc = spawn(
+        [sys.executable, "-m", "daphne", "-b", host, "-p", str(gw.port),
+         "gatewaysite.asgi:application"],
+        gw.env, gw.log_path,
+    )
+    gw.extra_procs.append(spawn([sys.executable, "manage.py", "runconsumer"], gw.env, gw.log_path))
+    if wait:
+        _wait_or_kill(gw)
+    return gw
+
+
+def _wait_or_kill(gw: GatewayProcess) -> None:
     try:
         gw.wait_ready()
-    except Exception:
+    except BaseException:
         gw.kill()
         raise
-    return gw
 
 
 @contextlib.contextmanager

@@ -502,5 +502,6 @@ def test_metrics_text(client, node: Node, api):
     text = response.content.decode()
     assert f'gateway_connections{{node="{node.node_id}"}} 1.0' in text
     assert f'gateway_users{{node="{node.node_id}"}} 1.0' in text
-    assert f'gateway_pushes_total{{node="{node.node_id}",outcome="accepted"}}' in text
+    labels = f'client="billing",node="{node.node_id}",status="accepted"'
+    assert f"gateway_pushes_total{{{labels}}}" in text
     assert "# TYPE gateway_push_latency_seconds histogram" in text

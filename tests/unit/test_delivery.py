@@ -169,8 +169,11 @@ async def test_forwarder_sends_raw_bytes_to_the_node_group():
         async def group_send(self, group, message):
             sent.append((group, message))
 
-    await ChannelLayerForwarder(Layer())(b"raw")
-    assert sent == [("gateway.node", {"type": "gateway.message", "raw": b"raw"})]
+    forwarder = ChannelLayerForwarder(Layer(), node_id="fwd-node")
+    forwarder.clock = lambda: 1234.5
+    await forwarder(b"raw")
+    assert sent == [("gateway.node", {"type": "gateway.message", "raw": b"raw",
+                                      "forwarded_at": 1234.5})]
 
 
 async def test_listener_delivers_what_the_forwarder_sends(setup: Setup):

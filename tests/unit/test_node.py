@@ -78,7 +78,7 @@ async def test_ensure_started_honours_autostart(node: Node):
     try:
         await asyncio.gather(node.ensure_started(), node.ensure_started())
         assert node.running is True
-        assert len(node._tasks) == 3  # relay, housekeeping, consume: started once
+        assert len(node._tasks) == 4  # relay, housekeeping, loop lag, consume: started once
     finally:
         await node.stop()
     assert node._tasks == []

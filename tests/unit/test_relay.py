@@ -209,6 +209,22 @@ async def test_a_push_whose_ttl_runs_out_while_down_is_failed():
     assert keeper.error == ""
 
 
+async def test_a_push_behind_the_window_also_fails_when_its_ttl_runs_out():
+    relay, broker, clock = make_relay()
+    relay.window = 2
+    broker.available = False
+    for i in range(5):
+        relay.submit(push(f"p{i}"))
+    relay.submit(push("short", expires_ms=int((NOW + 1) * 1000)))
+    relay.submit(control("order", issued_ms=int(NOW * 1000)))
+    assert await relay.publish_some() is False
+    clock.now = NOW + 61  # past the short push's ttl and the order's
+    assert await relay.publish_some() is False
+    assert [m.id for m in relay.pending] == [f"p{i}" for i in range(5)]
+    assert relay._failed == ["short"]
+    assert relay.backlog == 5
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_recording_does_not_move_a_push_backwards():
     await sync_to_async(make_log)("p-done", age_s=0, status=PushStatus.DELIVERED)
