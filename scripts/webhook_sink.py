@@ -12,14 +12,15 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
 class Sink(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
             notice = json.loads(body)
             alert = (notice.get("alerts") or [{}])[0]
-            print(f"{notice.get('status', '?').upper():9} {alert.get('labels', {}).get('alertname')}"
-                  f" node={alert.get('labels', {}).get('node')}:"
-                  f" {alert.get('annotations', {}).get('summary')}", flush=True)
+            labels = alert.get("labels", {})
+            print(f"{notice.get('status', '?').upper():9} {labels.get('alertname')}"
+                  f" node={labels.get('node')}: {alert.get('annotations', {}).get('summary')}",
+                  flush=True)
         except ValueError:
             print(f"(not JSON) {body[:200]!r}", flush=True)
         self.send_response(204)
