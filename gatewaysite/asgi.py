@@ -1,11 +1,14 @@
 """ASGI entry point: ``/ws/`` to the gateway consumer, everything else to Django.
 
 Works under ``rungateway`` and under a bare ``daphne gatewaysite.asgi:application``; in
-the latter the node starts its loops on the first request or connection.
+the latter the node starts its loops on the first request or connection. Under a server
+with the ASGI lifespan protocol (uvicorn) the node starts with the server and stops
+(drains, 4012) when it shuts down.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -18,6 +21,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
 from gatewaysite.node import get_node  # noqa: E402
+from push_app.api.hotpath import PushRoutes  # noqa: E402
 from sessions_app.consumers import GatewayConsumer  # noqa: E402
 
 
@@ -34,6 +38,30 @@ class NodeStarter:
         await self.app(scope, receive, send)
 
 
+async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI lifespan: start the node at startup, stop it (drain) at shutdown."""
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "lifespan.startup":
+            try:
+                await get_node().ensure_started()
+            except Exception as exc:
+                logging.getLogger("gateway.node").exception("the node could not start")
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif kind == "lifespan.shutdown":
+            try:
+                await get_node().stop()
+            except Exception as exc:
+                logging.getLogger("gateway.node").exception("the node did not stop cleanly")
+                await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def refuse_websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Any other WebSocket path: refuse the handshake (403), not crash on it (500)."""
     if (await receive())["type"] == "websocket.connect":
@@ -41,7 +69,10 @@ async def refuse_websocket(scope: dict[str, Any], receive: Any, send: Any) -> No
 
 
 application = ProtocolTypeRouter({
-    "http": NodeStarter(django_app),
+    # POST /api/v1/push and /push/batch are answered before Django's middleware and DRF
+    # (push_app/api/hotpath.py); every other request goes on to Django.
+    "http": NodeStarter(PushRoutes(django_app)),
+    "lifespan": lifespan,
     "websocket": URLRouter([
         path("ws/", GatewayConsumer.as_asgi()),
         re_path(r"", refuse_websocket),  # type: ignore[arg-type]

@@ -129,5 +129,7 @@ def logging_config(*, node_id: str, level: str, log_format: str) -> dict[str, An
         "loggers": {
             "django.channels.server": {"level": "WARNING"},
             "daphne": {"level": "WARNING"},
+            # uvicorn logs every WebSocket handshake at INFO, query string (token) included.
+            "uvicorn": {"level": "WARNING"},
         },
     }

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from channels.layers import get_channel_layer
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from gatewaysite import metrics
 from gatewaysite.conf import gateway_settings
@@ -32,6 +32,7 @@ from push_app.brokers import BaseBroker, create_broker
 from push_app.delivery import ChannelLayerListener, Deliverer
 from push_app.ledger import DeliveryLedger
 from push_app.relay import Relay
+from push_app.writer import PushWriter
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder, dead_node_ids
 from sessions_app.registry import SessionManager
@@ -70,6 +71,8 @@ class Node:
             ),
         )
         self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
+        # The API's pushes, stored by group commit on the database thread, then relayed.
+        self.writer = PushWriter(db=self.db, submit=self.relay.submit, node_id=self.node_id)
         self._tasks: list[asyncio.Task[Any]] = []
         self._start_lock = asyncio.Lock()
         self.running = False
@@ -96,6 +99,7 @@ class Node:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.writer.reopen()
         await self.db(self.recorder.start)
         await self.broker.start()
         self._spawn(self.relay.run(), "relay")
@@ -153,6 +157,9 @@ class Node:
             return
         self.running = False
         drained = await self.hub.drain()
+        # Pushes already queued for the push log are committed (and reach the relay's
+        # queue) before the relay stops: answered 202, they are kept.
+        await self.writer.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -169,6 +176,11 @@ class Node:
 
 def _with_fresh_connection(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
     # A long-lived thread keeps its connection; drop it if the database closed it.
+    # CONN_MAX_AGE 0 (the SQLite default, for request threads that die after one request)
+    # would reopen it for every call: opening costs more than most of the work done here.
+    for conn in connections.all(initialized_only=True):
+        if conn.settings_dict["CONN_MAX_AGE"] == 0:
+            conn.close_at = None
     close_old_connections()
     return fn(*args)
 

@@ -10,6 +10,15 @@ Daphne settings chosen against its traps:
 - A listen backlog of 2048 instead of the usual 50, for reconnect storms.
 - Our own SIGTERM/SIGINT handling drains the node (4012 to every client) before the
   reactor stops; Daphne's own would drop connections without a close frame.
+
+uvicorn (``--server uvicorn``, the faster option): websockets' sans-I/O protocol, uvloop,
+httptools, no per-message deflate (it costs CPU per frame for JSON this small), the same
+message size limit, keepalive pings and backlog as Daphne. The application's lifespan
+starts the node. uvicorn's own shutdown would close every WebSocket with 1012 before the
+application hears of it, so the drain (4012) runs first, and a signal only asks for that
+shutdown: uvicorn would otherwise re-raise it when done and the process would not exit 0.
+Its ``send`` waits for a slow client: ``sessions_app.flow`` keeps that wait off the node's
+delivery loop.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -34,13 +44,18 @@ class ServerError(RuntimeError):
 
 
 def run_daphne(*, host: str, port: int, node: Node,
-               on_ready: Callable[[], None] | None = None) -> None:
+               on_ready: Callable[[], None] | None = None,
+               sock: socket.socket | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; on ``sock`` (already listening: a ``--workers``
+    worker's SO_REUSEPORT socket) instead of binding ``host:port`` when given."""
     from daphne.server import Server  # installs Twisted's asyncio reactor: import first
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor  # the installed reactor's interfaces are not in its stubs
 
     from gatewaysite.asgi import application
+
+    plain_autobahn_log_fields()
 
     class GatewayDaphne(Server):
         listen_failure = ""
@@ -55,11 +70,18 @@ def run_daphne(*, host: str, port: int, node: Node,
             if on_ready is not None:
                 on_ready()
 
-    max_message = max(1024 * 1024, 2 * gateway_settings.max_payload_bytes + 4096)
+    max_message = max_message_bytes()
     interface = host.strip("[]").replace(":", r"\:")
+    endpoint = f"tcp:port={port}:interface={interface}:backlog={LISTEN_BACKLOG}"
+    if sock is not None:
+        # Daphne's ``fd:`` endpoint adopts IPv4 sockets only (its ``domain`` stays a string).
+        if sock.family != socket.AF_INET:
+            raise ServerError("daphne adopts IPv4 listening sockets only; use an IPv4 host")
+        # Twisted adopts (duplicates, then closes) the descriptor: it is no longer ours.
+        endpoint = f"fd:fileno={sock.detach()}"
     server = GatewayDaphne(
         application=application,
-        endpoints=[f"tcp:port={port}:interface={interface}:backlog={LISTEN_BACKLOG}"],
+        endpoints=[endpoint],
         signal_handlers=False,
         websocket_timeout=-1,
         websocket_max_message_size=max_message,
@@ -95,4 +117,107 @@ def run_daphne(*, host: str, port: int, node: Node,
         raise ServerError(server.listen_failure)
 
 
-SERVERS = {"daphne": run_daphne}
+def run_uvicorn(*, host: str, port: int, node: Node,
+                on_ready: Callable[[], None] | None = None,
+                sock: socket.socket | None = None) -> None:
+    """Serve under uvicorn until SIGTERM/SIGINT, then drain (see the module doc); on
+    ``sock`` (already listening) instead of binding ``host:port`` when given."""
+    import uvicorn
+
+    from gatewaysite.asgi import application
+
+    if sock is None:
+        sock = listen_socket(host, port)
+    sock.setblocking(False)
+
+    class GatewayUvicorn(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Only the flag: uvicorn's own handler also re-raises the signal after shutdown.
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and on_ready is not None:
+                on_ready()
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for server in self.servers:
+                server.close()  # no new connections while draining
+            logger.info("draining node %s", node.node_id)
+            try:
+                await node.stop()
+                await asyncio.sleep(DRAIN_FLUSH_S)
+            finally:
+                await super().shutdown(sockets=sockets)
+
+    config = uvicorn.Config(
+        application,
+        ws="websockets-sansio",
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        ws_per_message_deflate=False,
+        ws_max_size=max_message_bytes(),
+        ws_ping_interval=20.0,  # Daphne's keepalive: a ping every 20 s, 30 s for the pong
+        ws_ping_timeout=30.0,
+        backlog=LISTEN_BACKLOG,
+        timeout_graceful_shutdown=10,
+        log_config=None,  # Django's LOGGING stays in charge
+        access_log=False,
+        proxy_headers=False,  # like Daphne without --proxy-headers
+        server_header=False,
+    )
+    server = GatewayUvicorn(config)
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as exc:  # uvicorn exits when the application cannot start
+        if exc.code:
+            raise ServerError(f"uvicorn stopped at startup (exit status {exc.code})") from exc
+    finally:
+        sock.close()
+
+
+def plain_autobahn_log_fields() -> None:
+    """Stop autobahn colouring the fields of a debug line it writes for every frame sent.
+
+    ``WebSocketProtocol.sendData`` builds ``log.debug(..., func=hltype(...),
+    peer=hlval(...), data_len=hlval(...))`` eagerly, logged or not; with ``click``
+    importable (uvicorn requires it) each field goes through ``click.style``: about 3 µs
+    per frame, a tenth of Daphne's delivery CPU. The fields stay as they are, uncoloured.
+    """
+    from autobahn.websocket import protocol
+
+    def plain(value: Any, *args: Any, **kwargs: Any) -> Any:
+        return value
+
+    module: Any = protocol
+    module.hltype = module.hlval = plain
+
+
+def max_message_bytes() -> int:
+    """The WebSocket message size limit: pushes up to the payload limit must fit."""
+    return max(1024 * 1024, 2 * gateway_settings.max_payload_bytes + 4096)
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` with ``LISTEN_BACKLOG``; ServerError if not."""
+    sock: socket.socket | None = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise ServerError(str(exc)) from exc
+    return sock
+
+
+SERVERS = {"daphne": run_daphne, "uvicorn": run_uvicorn}

@@ -50,7 +50,8 @@ def push_message(log: PushLog) -> PushMessage:
     )
 
 
-def _check_capacity(backlog: int) -> None:
+def check_relay_capacity(backlog: int) -> None:
+    """503 while the relay already holds more than ``MAX_RELAY_BACKLOG`` unpublished messages."""
     if backlog > MAX_RELAY_BACKLOG:
         raise RequestInvalid(
             f"the broker is unreachable and {backlog} pushes already wait for it",
@@ -98,7 +99,7 @@ def push_create(*, client: ApiClient | None, req: PushRequest, submit: Submit,
 def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submit: Submit,
                      backlog: int = 0) -> list[tuple[PushLog, bool]]:
     """Store several pushes in one transaction (one commit for a whole batch)."""
-    _check_capacity(backlog)
+    check_relay_capacity(backlog)
     now = timezone.now()
     results: list[tuple[PushLog, bool]] = []
     try:
@@ -161,9 +162,13 @@ def token_create(req: TokenRequest) -> tuple[str, int]:
 
 # --- API keys ---------------------------------------------------------------------------
 
-def _hash_key(key: str) -> str:
-    # Keys are 256-bit random strings, so a fast hash is enough; no password stretching.
+def api_key_hash(key: str) -> str:
+    """What is stored of a key. Keys are 256-bit random strings, so a fast hash is enough;
+    no password stretching."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+_hash_key = api_key_hash
 
 
 def api_client_create(*, name: str) -> tuple[ApiClient, str]:

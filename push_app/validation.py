@@ -16,6 +16,9 @@ from sessions_app.tokens import valid_user_id
 MAX_TTL_S = 7 * 24 * 3600
 MAX_TOPIC_CHARS = 200
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: ``json.dumps(data, separators=(",", ":"), ensure_ascii=False)``, without building an
+#: encoder on every call (this runs for every push).
+_encode_data = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class RequestInvalid(Exception):
@@ -88,7 +91,7 @@ def push_request(body: Any) -> PushRequest:
     if key is not None and (not isinstance(key, str)
                             or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):
         raise _invalid("idempotency_key", f"a string of 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters")
-    data_json = json.dumps(body["data"], separators=(",", ":"), ensure_ascii=False)
+    data_json = _encode_data(body["data"])
     limit = gateway_settings.max_payload_bytes
     size = len(data_json.encode())
     if size > limit:

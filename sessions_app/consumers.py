@@ -19,7 +19,7 @@ from gatewaysite.conf import gateway_settings
 from gatewaysite.node import Node, get_node
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
-from sessions_app.flow import SendBuffer, UnboundedSendBuffer, send_buffer_for
+from sessions_app.flow import QUEUED, WRITE, SendBuffer, UnboundedSendBuffer, send_buffer_for
 from sessions_app.registry import ChannelSession
 from sessions_app.tokens import InvalidToken, decode_token
 
@@ -36,7 +36,7 @@ class GatewayConsumer(AsyncConsumer):
         await self.node.ensure_started()
         self.session = None
         self.closed = False
-        self.buffer: SendBuffer = UnboundedSendBuffer()
+        self.buffer: SendBuffer = UnboundedSendBuffer(send)
         while True:
             message = await receive()
             kind = message["type"]
@@ -139,12 +139,20 @@ class GatewayConsumer(AsyncConsumer):
     async def send_frame(self, frame: str) -> bool:
         if self.closed:
             return False
-        if not self.buffer.admit(len(frame)):
-            if self.session is not None:
-                await self.node.hub.close(self.session, CloseCode.TOO_SLOW)
-            return False
-        await self.base_send({"type": "websocket.send", "text": frame})
-        return True
+        verdict = self.buffer.offer(frame)
+        if verdict == WRITE:
+            try:
+                await self.base_send({"type": "websocket.send", "text": frame})
+            except OSError:
+                # uvicorn's ClientDisconnected: the client left and its disconnect event
+                # is still on its way to this consumer. Daphne drops such frames silently.
+                return False
+            return True
+        if verdict == QUEUED:
+            return True
+        if self.session is not None:
+            await self.node.hub.close(self.session, CloseCode.TOO_SLOW)
+        return False
 
     async def close(self, code: CloseCode) -> None:
         await self._close(code, code.reason)
@@ -153,5 +161,4 @@ class GatewayConsumer(AsyncConsumer):
         if self.closed:
             return
         self.closed = True
-        await self.base_send({"type": "websocket.close", "code": int(code), "reason": reason})
-        self.buffer.abort_if_stuck()
+        await self.buffer.close({"type": "websocket.close", "code": int(code), "reason": reason})

@@ -1,8 +1,15 @@
 """Bounding what waits to be written to one slow client (GATEWAY_MAX_SEND_BUFFER_BYTES).
 
-ASGI gives the application no view of the socket: ``send`` never blocks, and under Daphne
-every frame lands in Twisted's transport buffer, which grows without limit for a client
-that reads nothing. The honest bound lives below ASGI, so this module reads it there:
+ASGI gives the application no view of the socket, and the two servers fail a slow client
+in opposite ways: under Daphne ``send`` never blocks and every frame lands in Twisted's
+transport buffer, which grows without limit for a client that reads nothing; under uvicorn
+``send`` *waits* while the transport is over its high-water mark, so one slow client would
+stall the node's delivery loop, which writes to connections one after another, and every
+other client would wait with it. The honest bound lives below ASGI, so this module reads
+it there. The consumer asks its buffer about every frame (``offer``): ``WRITE`` (send it
+now; the send returns at once), ``QUEUED`` (the buffer keeps it) or ``TOO_SLOW`` (close
+the client with 4030); and closes through the buffer, so a close frame queues behind what
+waits and never blocks the caller either.
 
 - Daphne: the ASGI ``send`` callable is ``functools.partial(Server.handle_reply, protocol)``;
   the protocol's ``transport`` is Twisted's TCP transport. Twisted's flow control (the
@@ -13,7 +20,17 @@ that reads nothing. The honest bound lives below ASGI, so this module reads it t
   do-nothing one is. While the flag is up every frame the gateway writes is counted; past
   the limit (less the 64 KiB Twisted already holds) the client is closed with 4030, and
   its connection is aborted if even the close frame cannot get out within
-  ``abort_after_s``.
+  ``abort_after_s``. ``offer`` never answers ``QUEUED``: Twisted's buffer is the queue.
+- uvicorn (websockets-sansio, and wsproto alike): the ASGI ``send`` callable is the bound
+  method ``protocol.send``; the protocol has ``transport`` (an asyncio transport, with the
+  public ``get_write_buffer_size()``) and ``writable`` (an ``asyncio.Event`` its
+  ``pause_writing``/``resume_writing`` clear and set, which ``send`` awaits). While the
+  connection is writable and nothing is queued, frames are written at once, so the common
+  path is one ``send`` that does not wait. Otherwise frames go to a small per-connection
+  queue that a writer task (started on demand) drains as the transport becomes writable
+  again. What waits is the queue plus the transport's buffer; past the limit the client
+  is closed with 4030: the queue is dropped, the close frame waits for the transport, and
+  the connection is aborted if it cannot get out within ``abort_after_s``.
 - Any other server (the test communicator): ``UnboundedSendBuffer``, which admits all.
 
 Frames are counted by characters, a lower bound of their UTF-8 size, so the check costs
@@ -23,27 +40,44 @@ nothing on the hot path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from typing import Any, Protocol
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol
 
 logger = logging.getLogger("gateway.flow")
 
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: What ``SendBuffer.offer`` answers.
+WRITE: Final = 0
+"""Send the frame now: the connection takes it without waiting."""
+QUEUED: Final = 1
+"""The buffer keeps the frame and writes it when the connection drains."""
+TOO_SLOW: Final = 2
+"""The client is over its bound: close it with 4030."""
+
 
 class SendBuffer(Protocol):
-    def admit(self, size: int) -> bool:
-        """Account for one frame about to be written; False if the client is over its bound."""
+    def offer(self, frame: str) -> int:
+        """``WRITE``, ``QUEUED`` or ``TOO_SLOW`` for one frame about to be written."""
 
-    def abort_if_stuck(self) -> None:
-        """After a close frame: drop the connection if it cannot drain in time."""
+    async def close(self, message: dict[str, Any]) -> None:
+        """Send ``websocket.close`` behind what waits, without waiting for a slow client;
+        drop the connection if the close cannot get out in time."""
 
 
 class UnboundedSendBuffer:
-    def admit(self, size: int) -> bool:
-        return True
+    def __init__(self, send: Send) -> None:
+        self.send = send
 
-    def abort_if_stuck(self) -> None:
-        return None
+    def offer(self, frame: str) -> int:
+        return WRITE
+
+    async def close(self, message: dict[str, Any]) -> None:
+        await self.send(message)
 
 
 class _NoopProducer:
@@ -64,19 +98,24 @@ class TwistedSendBuffer:
 
     abort_after_s = 5.0
 
-    def __init__(self, transport: Any, *, max_bytes: int) -> None:
+    def __init__(self, transport: Any, send: Send, *, max_bytes: int) -> None:
         self.transport = transport
+        self.send = send
         self.limit = max(0, max_bytes - int(getattr(transport, "bufferSize", 65536)))
         self.waiting_bytes = 0
         if getattr(transport, "producer", None) is None:
             transport.registerProducer(_NoopProducer(), True)
 
-    def admit(self, size: int) -> bool:
+    def offer(self, frame: str) -> int:
         if not self.transport.producerPaused:
             self.waiting_bytes = 0
-            return True
-        self.waiting_bytes += size
-        return self.waiting_bytes <= self.limit
+            return WRITE
+        self.waiting_bytes += len(frame)
+        return WRITE if self.waiting_bytes <= self.limit else TOO_SLOW
+
+    async def close(self, message: dict[str, Any]) -> None:
+        await self.send(message)
+        self.abort_if_stuck()
 
     def abort_if_stuck(self) -> None:
         if self.transport.producerPaused:
@@ -88,10 +127,96 @@ class TwistedSendBuffer:
             self.transport.abortConnection()
 
 
+class AsyncioSendBuffer:
+    """uvicorn: never awaits a ``send`` that would wait (see module doc)."""
+
+    abort_after_s = 5.0
+
+    def __init__(self, send: Send, *, transport: asyncio.WriteTransport,
+                 writable: asyncio.Event, max_bytes: int) -> None:
+        self.send = send
+        self.transport = transport
+        self.writable = writable
+        self.max_bytes = max_bytes
+        self.queue: deque[tuple[dict[str, Any], int]] = deque()
+        self.queued_bytes = 0
+        self.writer: asyncio.Task[None] | None = None
+        self.too_slow = False
+
+    def offer(self, frame: str) -> int:
+        if not self.queue and self.writable.is_set():
+            return WRITE
+        size = len(frame)
+        waiting = self.queued_bytes + size + self.transport.get_write_buffer_size()
+        if waiting > self.max_bytes:
+            self.too_slow = True
+            return TOO_SLOW
+        self._enqueue({"type": "websocket.send", "text": frame}, size)
+        return QUEUED
+
+    async def close(self, message: dict[str, Any]) -> None:
+        if self.too_slow:
+            # The client is closed for what waits: none of it is sent any more.
+            self.queue.clear()
+            self.queued_bytes = 0
+        if not self.queue and self.writable.is_set():
+            with contextlib.suppress(OSError):  # uvicorn's ClientDisconnected: already gone
+                await self.send(message)
+        else:
+            self._enqueue(message, 0)
+        if self.queue or not self.writable.is_set():
+            asyncio.get_running_loop().call_later(self.abort_after_s, self._abort)
+
+    def _enqueue(self, message: dict[str, Any], size: int) -> None:
+        self.queue.append((message, size))
+        self.queued_bytes += size
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        queue = self.queue
+        try:
+            while queue:
+                await self.writable.wait()
+                if not queue:
+                    break
+                # Taken and written in one step (``send`` does not wait while writable), so
+                # a frame ``offer`` lets through directly can never overtake a queued one.
+                message, size = queue.popleft()
+                self.queued_bytes -= size
+                await self.send(message)
+        except OSError:
+            # uvicorn's ClientDisconnected: the client went away while frames waited.
+            queue.clear()
+            self.queued_bytes = 0
+        except Exception:
+            logger.exception("writing queued frames failed")
+            queue.clear()
+            self.queued_bytes = 0
+        finally:
+            self.writer = None
+
+    def _abort(self) -> None:
+        if self.queue or self.transport.get_write_buffer_size():
+            logger.info("dropping a client that did not read its close frame")
+            self.queue.clear()
+            self.queued_bytes = 0
+            self.transport.abort()
+
+
 def send_buffer_for(send: Any, *, max_bytes: int) -> SendBuffer:
     """The bound for the connection behind this ASGI ``send`` callable."""
     if isinstance(send, functools.partial) and send.args:
         transport = getattr(send.args[0], "transport", None)
         if transport is not None and hasattr(transport, "producerPaused"):
-            return TwistedSendBuffer(transport, max_bytes=max_bytes)
-    return UnboundedSendBuffer()
+            return TwistedSendBuffer(transport, send, max_bytes=max_bytes)
+    protocol = getattr(send, "__self__", None)
+    if protocol is not None:
+        transport = getattr(protocol, "transport", None)
+        writable = getattr(protocol, "writable", None)
+        if isinstance(writable, asyncio.Event) and transport is not None and hasattr(
+            transport, "get_write_buffer_size"
+        ):
+            return AsyncioSendBuffer(send, transport=transport, writable=writable,
+                                     max_bytes=max_bytes)
+    return UnboundedSendBuffer(send)

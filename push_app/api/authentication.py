@@ -6,6 +6,8 @@ tell "wrong key" from "key revoked".
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from rest_framework import exceptions
@@ -15,26 +17,17 @@ from rest_framework.request import Request
 
 from push_app.models import ApiClient
 from push_app.services import api_client_for_key, api_client_touch
+from push_app.writer import ClientRef
 
 
 class ApiKeyAuthentication(BaseAuthentication):
     keyword = "Token"
 
     def authenticate(self, request: Request) -> tuple[ApiClient, ApiClient] | None:
-        auth = get_authorization_header(request).split()
-        if not auth or auth[0].lower() != self.keyword.lower().encode():
+        key = key_from_header(get_authorization_header(request))
+        if key is None:
             return None
-        if len(auth) != 2:
-            raise exceptions.AuthenticationFailed("Authorization must be 'Token <key>'.")
-        try:
-            key = auth[1].decode()
-        except UnicodeError as exc:
-            raise exceptions.AuthenticationFailed("API key is not valid text.") from exc
-        client = api_client_for_key(key)
-        if client is None:
-            raise exceptions.AuthenticationFailed("Unknown API key.")
-        if not client.is_active:
-            raise exceptions.PermissionDenied("This API client is deactivated.")
+        client = check_client(api_client_for_key(key))
         api_client_touch(client)
         return client, client
 
@@ -47,3 +40,80 @@ class IsApiClient(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return isinstance(request.auth, ApiClient)
+
+
+def key_from_header(header: bytes) -> str | None:
+    """The key of ``Authorization: Token <key>``; None without one (no header, another
+    scheme), ``AuthenticationFailed`` for a malformed one."""
+    auth = header.split()
+    if not auth or auth[0].lower() != b"token":
+        return None
+    if len(auth) != 2:
+        raise exceptions.AuthenticationFailed("Authorization must be 'Token <key>'.")
+    try:
+        return auth[1].decode()
+    except UnicodeError as exc:
+        raise exceptions.AuthenticationFailed("API key is not valid text.") from exc
+
+
+def check_client(client: ApiClient | None) -> ApiClient:
+    """The client a key found, if it may call the API: 401 for none, 403 when deactivated."""
+    if client is None:
+        raise unknown_key()
+    if not client.is_active:
+        raise client_deactivated()
+    return client
+
+
+def unknown_key() -> exceptions.AuthenticationFailed:
+    return exceptions.AuthenticationFailed("Unknown API key.")
+
+
+def client_deactivated() -> exceptions.PermissionDenied:
+    return exceptions.PermissionDenied("This API client is deactivated.")
+
+
+def not_authenticated() -> exceptions.NotAuthenticated:
+    """What DRF answers a request without credentials (``IsApiClient`` refuses it)."""
+    return exceptions.NotAuthenticated()
+
+
+class ApiKeyCache:
+    """Key to client, in this process, so the hot push path costs no query per request.
+
+    Keyed by the key's hash (what the database stores), holding active clients only, each
+    for ``ttl_s``. A stale entry never lets a push through: the group commit that stores a
+    push checks the client's row (still there, same key hash, active) in the same
+    transaction (``push_app.writer``), so deactivation and key rotation take effect on the
+    next push; the cache only saves the lookup. Every ``ttl_s`` a client's key is looked up
+    again, which also records its use (``last_used_at``, at most once a minute).
+    """
+
+    ttl_s = 30.0
+    max_entries = 10_000
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, ClientRef]] = {}
+
+    def get(self, key_hash: str) -> ClientRef | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        if self.clock() >= entry[0]:
+            del self._entries[key_hash]
+            return None
+        return entry[1]
+
+    def put(self, client: ApiClient) -> ClientRef:
+        ref = ClientRef(pk=client.pk, name=client.name, key_hash=client.key_hash)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[client.key_hash] = (self.clock() + self.ttl_s, ref)
+        return ref
+
+    def forget(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
+
+    def clear(self) -> None:
+        self._entries.clear()

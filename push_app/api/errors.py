@@ -30,12 +30,8 @@ def error_body(code: str, detail: str, fields: dict[str, Any] | None = None) -> 
     return body
 
 
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, RequestInvalid):
-        return Response(error_body(exc.code, exc.detail, exc.fields), status=exc.status)
-    response = drf_exception_handler(exc, context)
-    if response is None or not isinstance(exc, exceptions.APIException):
-        return response
+def api_exception_body(exc: exceptions.APIException) -> dict[str, Any]:
+    """The contract's body for one of DRF's exceptions."""
     code = next((c for cls, c in CODES.items() if isinstance(exc, cls)), None)
     code = code or str(getattr(exc, "default_code", "error"))
     fields = None
@@ -47,7 +43,31 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = " ".join(map(str, exc.detail))
     else:
         detail = str(exc.detail)
+    return error_body(code, detail, fields)
+
+
+def error_parts(exc: RequestInvalid | exceptions.APIException
+                ) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers of an error, as the DRF views answer it: for the API's
+    paths served without DRF (``push_app.api.hotpath``)."""
+    if isinstance(exc, RequestInvalid):
+        return exc.status, error_body(exc.code, exc.detail, exc.fields), {}
+    headers: dict[str, str] = {}
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = "Token"
+    wait = getattr(exc, "wait", None)
+    if wait:
+        headers["Retry-After"] = f"{int(wait)}"
+    return exc.status_code, api_exception_body(exc), headers
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, RequestInvalid):
+        return Response(error_body(exc.code, exc.detail, exc.fields), status=exc.status)
+    response = drf_exception_handler(exc, context)
+    if response is None or not isinstance(exc, exceptions.APIException):
+        return response
     if response.status_code == 401 and not response.has_header("WWW-Authenticate"):
         response["WWW-Authenticate"] = "Token"
-    response.data = error_body(code, detail, fields)
+    response.data = api_exception_body(exc)
     return response

@@ -23,17 +23,31 @@ class LimitedJSONParser(JSONParser):
               parser_context: Mapping[str, Any] | None = None) -> Any:
         limit = gateway_settings.max_request_bytes
         request = (parser_context or {}).get("request")
-        declared = request.META.get("CONTENT_LENGTH") if request is not None else None
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}.")
+        check_declared_length(request.META.get("CONTENT_LENGTH") if request is not None
+                              else None, limit)
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
-            raise PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
-        try:
-            # NaN and Infinity are not JSON: clients could not parse the frames they make.
-            return json.loads(raw, parse_constant=_reject_constant)
-        except ValueError as exc:
-            raise ParseError(f"Body is not valid JSON: {exc}") from exc
+            raise body_too_large(limit)
+        return parse_json(raw)
+
+
+def check_declared_length(declared: str | None, limit: int) -> None:
+    """413 for a ``Content-Length`` over ``limit``, before reading any of the body."""
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}.")
+
+
+def body_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body's JSON, or ``ParseError`` (400 ``bad_json``)."""
+    try:
+        # NaN and Infinity are not JSON: clients could not parse the frames they make.
+        return json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ParseError(f"Body is not valid JSON: {exc}") from exc
 
 
 def _reject_constant(name: str) -> Any:

@@ -61,6 +61,10 @@ def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     return JsonResponse(error_body("not_found", f"no API endpoint at {request.path}"), status=404)
 
 
+# Real servers get POST /api/v1/push and /push/batch from push_app.api.hotpath (ASGI,
+# group commit); these two views are their OpenAPI schema and serve Django's test client,
+# and tests/unit/test_hotpath.py holds both to the same answers. (Comments, not docstrings:
+# a view's docstring becomes its description in the published schema.)
 class PushView(APIView):
     @extend_schema(
         request=_PUSH_BODY,

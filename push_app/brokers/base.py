@@ -30,6 +30,9 @@ class BaseBroker:
     """A pluggable broker, loaded from ``push_app.brokers.BACKENDS`` by name."""
 
     name = "base"
+    #: Whether the relay should publish a window of messages at once (network brokers: many
+    #: round trips in flight) or one after another (``local``: nothing to wait for).
+    publish_concurrently = True
 
     def __init__(self, *, node_id: str, config: dict[str, Any] | None = None) -> None:
         self.node_id = node_id

@@ -15,6 +15,7 @@ from push_app.messages import Message, encode
 
 class LocalBroker(BaseBroker):
     name = "local"
+    publish_concurrently = False
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]

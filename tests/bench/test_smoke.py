@@ -60,3 +60,11 @@ def test_rocketmq_loses_nothing() -> None:
     (result,) = run_bench("rocketmq", "--clients", "100", "--rate", "50", "--duration", "2",
                           "--rocketmq-endpoint", rocketmq_endpoint())
     assert result["expected"] > 0 and result["loss"] == 0, result
+
+
+def test_broadcast_under_uvicorn_loses_nothing() -> None:
+    (broadcast,) = run_bench("broadcast", "--server", "uvicorn", "--clients", "50", "--rate",
+                             "5", "--duration", "1")
+    assert broadcast["gateway_server"] == "uvicorn"
+    assert broadcast["connect"]["connected"] == 50
+    assert broadcast["expected"] > 0 and broadcast["loss"] == 0, broadcast

@@ -1,7 +1,8 @@
 """Fixtures of the end-to-end suite: real ``rungateway`` processes, always stopped.
 
 ``gateway`` is one node with the default settings, shared by a module; ``start_node``
-starts dedicated short-lived nodes with special settings for one test. A failing test's
+starts dedicated short-lived nodes with special settings for one test, under Daphne or,
+with ``server="uvicorn"``, under uvicorn (``rungateway --server``). A failing test's
 report carries the tail of every live node's log.
 """
 
@@ -27,8 +28,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     return report
 
 
-def _start(workdir: Path, node_id: str, env: dict[str, str] | None = None) -> GatewayProcess:
-    gw = start_gateway(workdir, node_id=node_id, env=env)
+#: ``rungateway --server`` choices, for tests that must hold under each server.
+SERVERS = ("daphne", "uvicorn")
+
+
+def _start(workdir: Path, node_id: str, env: dict[str, str] | None = None,
+           server: str = "daphne") -> GatewayProcess:
+    gw = start_gateway(workdir, node_id=node_id, env=env, args=("--server", server))
     _LIVE.append(gw)
     return gw
 
@@ -53,11 +59,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    """``start_node(node_id, **env)``: a dedicated node, stopped after the test."""
+    """``start_node(node_id, server="daphne", **env)``: a dedicated node, stopped after the
+    test."""
     started: list[GatewayProcess] = []
 
-    def start(node_id: str, **env: str) -> GatewayProcess:
-        gw = _start(tmp_path, node_id, env)
+    def start(node_id: str, server: str = "daphne", **env: str) -> GatewayProcess:
+        gw = _start(tmp_path, node_id, env, server)
         started.append(gw)
         return gw
 

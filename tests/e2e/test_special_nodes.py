@@ -1,5 +1,8 @@
 """End to end against nodes started with special settings: heartbeat timeout, connection
-cap, frame rate, small limits, API rate limit, slow clients, draining."""
+cap, frame rate, small limits, API rate limit, slow clients, draining.
+
+What depends on the web server (heartbeats, slow clients, draining, the basic round trip)
+runs under each ``rungateway --server``."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.e2e.conftest import SERVERS
 from tests.support.clients import (
     Api,
     assert_error,
@@ -30,14 +34,18 @@ from tests.support.clients import (
 from tests.support.gateway import GatewayProcess
 
 pytestmark = pytest.mark.e2e
+each_server = pytest.mark.parametrize("server", SERVERS)
 
 NodeStarter = Callable[..., GatewayProcess]
 
 
 # --- Heartbeat ---------------------------------------------------------------------------
 
-async def test_silent_client_is_closed_4008_and_goes_offline(start_node: NodeStarter) -> None:
-    gw = start_node("e2e-heartbeat", GATEWAY_HEARTBEAT_INTERVAL="1", GATEWAY_HEARTBEAT_TIMEOUT="2")
+@each_server
+async def test_silent_client_is_closed_4008_and_goes_offline(start_node: NodeStarter,
+                                                             server: str) -> None:
+    gw = start_node("e2e-heartbeat", server, GATEWAY_HEARTBEAT_INTERVAL="1",
+                    GATEWAY_HEARTBEAT_TIMEOUT="2")
     silent_user, chatty_user = uid("silent"), uid("chatty")
     async with Api(gw, gw.api_key()) as api, session(gw, chatty_user) as (chatty, _):
         # Protocol-level pings (every 0.3 s here) are no sign of life to the application.
@@ -213,10 +221,11 @@ async def test_api_rate_limit_is_429_with_retry_after_per_client(start_node: Nod
 
 # --- Slow clients --------------------------------------------------------------------------
 
+@each_server
 async def test_slow_client_is_closed_and_healthy_client_gets_every_push(
-    start_node: NodeStarter,
+    start_node: NodeStarter, server: str,
 ) -> None:
-    gw = start_node("e2e-slow", GATEWAY_MAX_SEND_BUFFER_BYTES="1024",
+    gw = start_node("e2e-slow", server, GATEWAY_MAX_SEND_BUFFER_BYTES="1024",
                     GATEWAY_MAX_PAYLOAD_BYTES="262144")
     slow_user, healthy_user = uid("slow"), uid("healthy")
     pad = "x" * 200_000
@@ -260,10 +269,32 @@ async def test_slow_client_is_closed_and_healthy_client_gets_every_push(
 
 # --- Draining ------------------------------------------------------------------------------
 
-async def test_sigterm_drains_with_4012_and_exits_0(start_node: NodeStarter) -> None:
-    gw = start_node("e2e-drain")
+@each_server
+async def test_round_trip_then_sigterm_drains_with_4012_and_exits_0(
+    start_node: NodeStarter, server: str,
+) -> None:
+    gw = start_node("e2e-drain", server)
     assert gw.proc is not None
-    async with session(gw) as (ws, _), session(gw) as (ws2, _):
+    user, other = uid("trip"), uid("other")
+    async with Api(gw, gw.api_key()) as api, session(gw, user) as (ws, welcome), session(
+        gw, other
+    ) as (ws2, _):
+        # The round trip: welcome, ping, a targeted push, a broadcast, an ack, a bad token.
+        assert welcome["node"] == "e2e-drain"
+        assert welcome["heartbeat"] == {"interval": 25, "timeout": 60}
+        await ping(ws)
+        push_id = await api.push_to([user], {"to": "one"})
+        frame = await recv_push(ws)
+        assert (frame["id"], frame["data"]) == (push_id, {"to": "one"})
+        broadcast = (await api.push({"broadcast": True, "data": "all"})).json()["id"]
+        for client in (ws, ws2):
+            assert (await recv_push(client))["id"] == broadcast
+        await ws.send(json.dumps({"type": "ack", "id": push_id}))
+        await eventually(lambda: api.get_push(push_id), lambda s: s["acked"] == 1,
+                         what="ack counted")
+        refused = await ws_connect(gw, "not-a-token")
+        assert (await wait_closed(refused))[0] == 4001
+        # Draining: every client gets 4012, then the process exits 0.
         gw.proc.send_signal(signal.SIGTERM)
         for client in (ws, ws2):
             code, frames = await wait_closed(client, within=10)

@@ -57,3 +57,15 @@ def test_runconsumer_needs_redis_url(broker):
     with override_settings(GATEWAY_BROKER=broker, REDIS_URL=""), \
             pytest.raises(CommandError, match="REDIS_URL"):
         call_command("runconsumer")
+
+
+def test_rungateway_workers_refuse_the_local_broker():
+    with override_settings(GATEWAY_BROKER="local"), \
+            pytest.raises(CommandError, match="GATEWAY_BROKER=local") as raised:
+        call_command("rungateway", "--workers", "2", "--no-migrate")
+    assert "GATEWAY_BROKER=redis" in str(raised.value)
+
+
+def test_rungateway_workers_must_be_positive():
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("rungateway", "--workers", "0", "--no-migrate")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -12,7 +13,9 @@ from gatewaysite import metrics
 from gatewaysite.conf import gateway_settings
 from gatewaysite.node import Node
 from push_app.messages import ControlMessage, PushMessage
+from sessions_app.close_codes import CloseCode
 from sessions_app.consumers import GatewayConsumer
+from sessions_app.flow import TOO_SLOW
 from sessions_app.tokens import encode_token
 
 pytestmark = pytest.mark.usefixtures("node")
@@ -291,14 +294,16 @@ async def test_disconnect_forgets_the_session(node: Node):
 async def test_a_slow_client_is_closed_with_4030(node: Node):
     comm, welcome = await connect()
 
+    connection = node.registry.get(welcome["session"]).connection
+
     class FullBuffer:
-        def admit(self, size: int) -> bool:
-            return False
+        def offer(self, frame: str) -> int:
+            return TOO_SLOW
 
-        def abort_if_stuck(self) -> None:
-            pass
+        async def close(self, message: dict) -> None:
+            await connection.base_send(message)
 
-    node.registry.get(welcome["session"]).connection.buffer = FullBuffer()
+    connection.buffer = FullBuffer()
     await node.deliverer.handle(push("p-slow"))
     await expect_close(comm, 4030)
     assert len(node.registry) == 0
@@ -316,3 +321,67 @@ async def test_routing_through_the_asgi_application(node: Node):
     assert welcome["user"] == "routed"
     assert node.registry.get(welcome["session"]) is not None
     await comm.disconnect()
+
+
+class UvicornLikeConnection:
+    """One client of the consumer through an ASGI ``send`` shaped like uvicorn's: a bound
+    method of a protocol whose ``send`` waits while its transport is full."""
+
+    class Transport:
+        def __init__(self) -> None:
+            self.buffered = 0
+            self.aborted = False
+
+        def get_write_buffer_size(self) -> int:
+            return self.buffered
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    def __init__(self, user: str) -> None:
+        self.transport = self.Transport()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.inbox: asyncio.Queue[dict] = asyncio.Queue()
+        self.sent: list[dict] = []
+        self.inbox.put_nowait({"type": "websocket.connect"})
+        scope = {"type": "websocket", "path": "/ws/", "query_string":
+                 f"token={token(user)}".encode(), "headers": [], "client": ("127.0.0.1", 1)}
+        self.task = asyncio.create_task(GatewayConsumer.as_asgi()(scope, self.inbox.get,
+                                                                  self.send))
+
+    async def send(self, message: dict) -> None:
+        await self.writable.wait()
+        self.sent.append(message)
+
+    def pushes(self) -> list[str]:
+        return [json.loads(m["text"])["id"] for m in self.sent
+                if m["type"] == "websocket.send" and '"push"' in m["text"]]
+
+    async def stop(self) -> None:
+        self.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(self.task, 1)
+
+
+async def test_a_stalled_uvicorn_client_never_holds_up_the_others(node: Node):
+    with override_settings(GATEWAY_MAX_SEND_BUFFER_BYTES=2000):
+        slow, healthy = UvicornLikeConnection("slow"), UvicornLikeConnection("healthy")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(node.registry) == 2
+        slow.writable.clear()  # the slow client's transport is full from here on
+        slow.transport.buffered = 1000  # a few frames queue before the bound is passed
+        for i in range(30):
+            await asyncio.wait_for(node.deliverer.handle(push(f"p{i}", users=("slow", "healthy"))),
+                                   0.5)
+        assert healthy.pushes() == [f"p{i}" for i in range(30)]
+        assert slow.pushes() == []
+        assert len(node.registry) == 1  # the slow client was closed with 4030 ...
+        slow.writable.set()  # ... and once its transport drains, the close goes out
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert slow.sent[-1] == {"type": "websocket.close", "code": 4030,
+                                 "reason": CloseCode.TOO_SLOW.reason}
+        assert slow.pushes() == []
+        await slow.stop()
+        await healthy.stop()

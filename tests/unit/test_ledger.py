@@ -102,3 +102,38 @@ def test_write_ignores_unknown_pushes_and_keeps_failed_status():
 def test_write_of_nothing_touches_nothing(django_assert_num_queries):
     with django_assert_num_queries(0):
         DeliveryLedger(node_id="n1").write({})
+
+
+@pytest.mark.django_db
+def test_write_in_chunks_of_pushes(monkeypatch):
+    from push_app import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "WRITE_CHUNK", 2)
+    for i in range(5):
+        make_log(f"p{i}")
+    ledger = DeliveryLedger(node_id="n1")
+    for i in range(6):  # p5 is unknown
+        ledger.delivered(f"p{i}", i + 1)
+    ledger.acked("p4")
+    ledger.write(ledger.take())
+    assert sorted(PushLog.objects.values_list("id", "delivered", "acked", "status")) == [
+        (f"p{i}", i + 1, int(i == 4), PushStatus.DELIVERED) for i in range(5)]
+    assert PushDelivery.objects.count() == 5
+
+
+@pytest.mark.django_db
+def test_write_without_on_conflict_upserts_through_the_orm(monkeypatch):
+    import dataclasses
+
+    from push_app import ledger as ledger_module
+
+    plain = dataclasses.replace(ledger_module._statements(), upsert="")
+    monkeypatch.setattr(ledger_module, "_statements", lambda: plain)
+    make_log("p1")
+    ledger = DeliveryLedger(node_id="n1")
+    ledger.delivered("p1", 2)
+    ledger.write(ledger.take())
+    ledger.delivered("p1", 1)
+    ledger.write(ledger.take())
+    assert PushLog.objects.get(id="p1").delivered == 3
+    assert PushDelivery.objects.get(push_id="p1").delivered == 3

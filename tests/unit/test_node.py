@@ -100,3 +100,49 @@ async def test_ledger_totals_survive_a_failed_write(node: Node):
     node.db = working_db
     await node.write_ledger()
     assert written == [({"p1": (2, 0)},)]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_asgi_lifespan_starts_the_node_and_drains_it(node: Node):
+    from gatewaysite.asgi import application
+
+    node.autostart = True
+    inbox: asyncio.Queue[dict] = asyncio.Queue()
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    task = asyncio.create_task(application({"type": "lifespan"}, inbox.get, send))
+    try:
+        await inbox.put({"type": "lifespan.startup"})
+        await eventually(lambda: len(sent) == 1)
+        assert sent == [{"type": "lifespan.startup.complete"}]
+        assert node.running is True
+        await inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(task, 5)
+        assert sent[-1] == {"type": "lifespan.shutdown.complete"}
+        assert node.running is False
+        assert node.hub.draining is True
+    finally:
+        if not task.done():
+            task.cancel()
+            await node.stop()
+
+
+async def test_asgi_lifespan_reports_a_node_that_cannot_start(node: Node, monkeypatch):
+    from gatewaysite.asgi import application
+
+    async def broken() -> None:
+        raise RuntimeError("no database")
+
+    monkeypatch.setattr(node, "ensure_started", broken)
+    inbox: asyncio.Queue[dict] = asyncio.Queue()
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await inbox.put({"type": "lifespan.startup"})
+    await asyncio.wait_for(application({"type": "lifespan"}, inbox.get, send), 5)
+    assert sent == [{"type": "lifespan.startup.failed", "message": "no database"}]

@@ -1,0 +1,284 @@
+"""``POST /api/v1/push`` and ``POST /api/v1/push/batch`` served as plain ASGI: the hot path.
+
+``PushRoutes`` sits in front of Django in ``gatewaysite.asgi`` and answers these two routes
+itself, on the event loop; any other method or path goes on to Django. Per request, DRF
+would cost a thread hop, Django's middleware stack (sessions, CSRF, WhiteNoise: none of
+which the API needs), DRF's request machinery, a key lookup in the database and one
+transaction per push. Here a request costs: header parsing, a cached key lookup, the
+in-process throttle, JSON parsing, the shared validation and one place in the next group
+commit (``push_app.writer``).
+
+The contract is the DRF views' (``push_app.api.views``), which stay the documented schema
+(OpenAPI) and serve Django's test client: the same authentication (``Token <key>``; 401,
+403), throttle (429 with ``Retry-After``), body checks (415, 413, 400 ``bad_json``),
+validation, idempotency (200 with the first push, through the per-request path) and error
+bodies (``push_app.api.errors``), and the same metrics. The tests hold both to it.
+
+Not done here, unlike Django: content negotiation (``Accept`` is ignored; the answer is
+always JSON, which is all DRF would render anyway) and ``X-Forwarded-Host``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+from rest_framework.exceptions import APIException, UnsupportedMediaType
+from rest_framework.utils.mediatypes import media_type_matches
+
+from gatewaysite import metrics
+from gatewaysite.conf import gateway_settings
+from gatewaysite.node import Node, get_node
+from push_app import services, validation
+from push_app.api.authentication import (
+    ApiKeyCache,
+    check_client,
+    client_deactivated,
+    key_from_header,
+    not_authenticated,
+    unknown_key,
+)
+from push_app.api.errors import error_body, error_parts
+from push_app.api.parsers import body_too_large, check_declared_length, parse_json
+from push_app.api.throttling import ApiClientRateThrottle
+from push_app.messages import Message
+from push_app.models import ApiClient
+from push_app.validation import PushRequest, RequestInvalid
+from push_app.writer import ClientRef, ClientRevoked, store_keyed
+
+logger = logging.getLogger("gateway.api")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+PUSH_PATH = "/api/v1/push"
+BATCH_PATH = "/api/v1/push/batch"
+JSON = "application/json"
+#: What Django's middleware adds to the DRF views' answers, kept for the same headers.
+_HEADERS = [
+    (b"content-type", JSON.encode()),
+    (b"vary", b"Accept"),
+    (b"allow", b"POST, OPTIONS"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class BadHost(APIException):
+    status_code = 400
+    default_code = "bad_request"
+    default_detail = "Invalid Host header."
+
+
+class PushRoutes:
+    """ASGI: the push routes here, everything else to ``app`` (Django)."""
+
+    def __init__(self, app: Any, *, node: Callable[[], Node] = get_node) -> None:
+        self.app = app
+        self.node = node
+        self.keys = ApiKeyCache()
+        self._hosts: dict[bytes, bool] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path in (PUSH_PATH, BATCH_PATH):
+                await self.serve(scope, receive, send, batch=path == BATCH_PATH)
+                return
+        await self.app(scope, receive, send)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, *, batch: bool) -> None:
+        try:
+            status, body, headers = await self.handle(scope, receive, batch=batch)
+        except (RequestInvalid, APIException) as exc:
+            status, body, headers = error_parts(exc)
+        except ClientGone:
+            return
+        except Exception:
+            logger.exception("POST %s failed", scope["path"])
+            status, body, headers = 500, error_body("server_error", "internal error"), {}
+        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        if "\u2028" in raw or "\u2029" in raw:  # as DRF's JSONRenderer: safe inside <script>
+            raw = raw.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        content = raw.encode()
+        out = [*_HEADERS, (b"content-length", str(len(content)).encode())]
+        out.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": content})
+
+    async def handle(self, scope: Scope, receive: Receive, *, batch: bool) -> Answer:
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers[name] = value  # ASGI servers lower-case the names
+        self._check_host(headers.get(b"host"), scope)
+        node = self.node()
+        client = await self.authenticate(node, headers.get(b"authorization", b""))
+        wait_s = ApiClientRateThrottle.take(client.pk)
+        if wait_s is not None:
+            raise ApiClientRateThrottle.throttled(wait_s)
+        data = await read_json(receive, headers)
+        try:
+            if batch:
+                return await self.push_batch(node, client, data)
+            return await self.push_one(node, client, data)
+        except ClientRevoked as exc:
+            self.keys.forget(client.key_hash)
+            raise (client_deactivated() if exc.deactivated else unknown_key()) from None
+
+    # --- the DRF views' steps ------------------------------------------------------------
+
+    def _check_host(self, host: bytes | None, scope: Scope) -> None:
+        """Django's ``ALLOWED_HOSTS`` check (``HttpRequest.get_host``), cached per value."""
+        if host is None:
+            server = scope.get("server") or ("", 80)
+            host = f"{server[0]}:{server[1]}".encode("latin-1")
+        allowed = self._hosts.get(host)
+        if allowed is None:
+            hosts = settings.ALLOWED_HOSTS
+            if settings.DEBUG and not hosts:
+                hosts = [".localhost", "127.0.0.1", "[::1]"]
+            domain, _ = split_domain_port(host.decode("latin-1"))
+            allowed = bool(domain) and validate_host(domain, hosts)
+            if len(self._hosts) < 1000:
+                self._hosts[host] = allowed
+        if not allowed:
+            raise BadHost()
+
+    async def authenticate(self, node: Node, header: bytes) -> ClientRef:
+        key = key_from_header(header)
+        if key is None:
+            raise not_authenticated()
+        key_hash = services.api_key_hash(key)
+        client = self.keys.get(key_hash)
+        if client is None:
+            client = self.keys.put(check_client(await node.db(_look_up_key, key)))
+        return client
+
+    async def push_one(self, node: Node, client: ClientRef, data: Any) -> Answer:
+        counted = metrics.bound(node.node_id)
+        try:
+            req = validation.push_request(data)
+        except RequestInvalid:
+            counted.push(client.name, "rejected")
+            raise
+        try:
+            if req.idempotency_key is None:
+                services.check_relay_capacity(node.relay.backlog)
+                (message,) = await node.writer.write(client=client, reqs=[req])
+                push_id, status, targets, created = message.id, "accepted", req.targets, True
+            else:
+                ((log, created),) = await store_with_keys(node, client, [req])
+                push_id, status = log.id, log.status
+                targets = req.targets if created else ("all" if log.broadcast
+                                                       else log.target_count)
+        except RequestInvalid:
+            counted.push(client.name, "unavailable")
+            raise
+        counted.push(client.name, "accepted" if created else "repeated")
+        return (202 if created else 200), {"id": push_id, "status": status,
+                                           "targets": targets}, {}
+
+    async def push_batch(self, node: Node, client: ClientRef, data: Any) -> Answer:
+        items = validation.batch_items(data)
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        good: list[tuple[int, PushRequest]] = []
+        for index, item in enumerate(items):
+            try:
+                good.append((index, validation.push_request(item)))
+            except RequestInvalid as exc:
+                results[index] = error_body(exc.code, exc.detail)
+        new = 0
+        if good:
+            reqs = [req for _, req in good]
+            if any(req.idempotency_key is not None for req in reqs):
+                stored = [(log.id, log.status, created)
+                          for log, created in await store_with_keys(node, client, reqs)]
+            else:
+                services.check_relay_capacity(node.relay.backlog)
+                stored = [(m.id, "accepted", True)
+                          for m in await node.writer.write(client=client, reqs=reqs)]
+            for (index, _), (push_id, status, created) in zip(good, stored, strict=True):
+                results[index] = {"id": push_id, "status": status}
+                new += created
+        counted = metrics.bound(node.node_id)
+        counted.push(client.name, "accepted", new)
+        counted.push(client.name, "repeated", len(good) - new)
+        counted.push(client.name, "rejected", len(items) - len(good))
+        return 202, {"results": results}, {}
+
+
+def _look_up_key(key: str) -> ApiClient | None:
+    """The key's client (on the database thread), recording its use as DRF's path does."""
+    client = services.api_client_for_key(key)
+    if client is not None and client.is_active:
+        services.api_client_touch(client)
+    return client
+
+
+async def store_with_keys(node: Node, client: ClientRef,
+                          reqs: Sequence[PushRequest]) -> list[Any]:
+    """Pushes with idempotency keys: the per-request path, on the node's database thread;
+    what it stored goes to the relay once committed."""
+    committed: list[Message] = []
+    outcome = await node.db(store_keyed, client, reqs, committed.append, node.relay.backlog)
+    if isinstance(outcome, ClientRevoked):
+        raise outcome
+    for message in committed:
+        node.relay.submit(message)
+    return outcome
+
+
+async def read_json(receive: Receive, headers: dict[bytes, bytes]) -> Any:
+    """The body as DRF's ``request.data`` would be with ``LimitedJSONParser``: ``{}`` when
+    empty, else 415 unless JSON, 413 over ``GATEWAY_MAX_REQUEST_BYTES``, 400 if not JSON."""
+    limit = gateway_settings.max_request_bytes
+    declared_raw = headers.get(b"content-length")
+    declared = None if declared_raw is None else declared_raw.decode("latin-1")
+    body: bytes | None = None
+    if declared is None:  # chunked, or no body at all: its length is what arrives
+        body = await _read_body(receive, limit)
+        length = limit + 1 if body is None else len(body)
+    else:
+        length = int(declared) if declared.isdigit() else 0
+    if length == 0:
+        return {}
+    content_type = headers.get(b"content-type", b"").decode("latin-1")
+    if content_type != JSON and (len(content_type) > 256
+                                 or not media_type_matches(JSON, content_type)):
+        raise UnsupportedMediaType(content_type)
+    check_declared_length(declared, limit)
+    if declared is not None:
+        body = await _read_body(receive, limit)
+    if body is None:
+        raise body_too_large(limit)
+    return parse_json(body)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` bytes (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

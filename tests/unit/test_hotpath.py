@@ -1,0 +1,373 @@
+"""POST /api/v1/push and /push/batch as plain ASGI (push_app/api/hotpath.py).
+
+The DRF views answer these routes to Django's test client (tests/unit/test_api.py); real
+servers answer them here. Every error case is asked of both and must get the same status,
+body and headers, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from gatewaysite import metrics
+from gatewaysite.node import Node
+from push_app import services
+from push_app.api.hotpath import PushRoutes
+from push_app.api.throttling import ApiClientRateThrottle
+from push_app.messages import PushMessage
+from push_app.models import ApiClient, PushLog
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HOST = "127.0.0.1:8000"
+
+
+@pytest.fixture(autouse=True)
+def fresh_buckets():
+    ApiClientRateThrottle._buckets.clear()
+    yield
+    ApiClientRateThrottle._buckets.clear()
+
+
+class Inner:
+    """Django's place behind the hot path: records what it was handed."""
+
+    def __init__(self) -> None:
+        self.paths: list[tuple[str, str]] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.paths.append((scope["method"], scope["path"]))
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class Answer:
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        self.messages = messages
+        start = messages[0] if messages else {}
+        self.status = start.get("status")
+        self.headers = {k.decode(): v.decode() for k, v in start.get("headers", [])}
+        self.content = b"".join(m.get("body", b"") for m in messages[1:])
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+@pytest.fixture
+def inner() -> Inner:
+    return Inner()
+
+
+@pytest.fixture
+def app(node: Node, inner: Inner) -> PushRoutes:
+    return PushRoutes(inner, node=lambda: node)
+
+
+async def call(app: PushRoutes, path: str, body: Any = None, *, method: str = "POST",
+               key: str | None = None, headers: dict[str, str] | None = None,
+               raw: bytes | None = None, chunks: Iterable[bytes] | None = None,
+               content_type: str | None = "application/json") -> Answer:
+    """One request through the ASGI app, as a server would make it."""
+    if raw is None and body is not None:
+        raw = json.dumps(body).encode()
+    head = {"host": HOST}
+    if content_type is not None:
+        head["content-type"] = content_type
+    if key is not None:
+        head["authorization"] = f"Token {key}"
+    if chunks is None:
+        parts = [raw or b""]
+        head["content-length"] = str(len(raw or b""))
+    else:
+        parts = list(chunks)
+        head["transfer-encoding"] = "chunked"
+    head.update(headers or {})
+    events = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
+              for i, p in enumerate(parts)]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if events:
+            return events.pop(0)
+        await asyncio.Event().wait()  # a server blocks until the client goes
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": method, "path": path, "query_string": b"",
+        "headers": [(k.encode(), v.encode()) for k, v in head.items()],
+        "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000), "scheme": "http",
+    }
+    await app(scope, receive, send)
+    return Answer(sent)
+
+
+async def new_key(name: str = "billing") -> tuple[ApiClient, str]:
+    return await sync_to_async(services.api_client_create)(name=name)
+
+
+def pushes_counted(node: Node, client: str, status: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "gateway_pushes_total", {"node": node.node_id, "client": client, "status": status})
+    return value or 0.0
+
+
+# --- accepted pushes ------------------------------------------------------------------------
+
+async def test_push_is_stored_relayed_and_answered_202(app, node: Node):
+    _, key = await new_key()
+    before = pushes_counted(node, "billing", "accepted")
+    answer = await call(app, "/api/v1/push", {"users": ["u1", "u2", "u1"], "data": {"n": 1},
+                                              "topic": "news", "ttl": 60}, key=key)
+    assert answer.status == 202, answer.content
+    assert answer.headers["content-type"] == "application/json"
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    body = answer.json()
+    assert body == {"id": body["id"], "status": "accepted", "targets": 2}
+    log = await PushLog.objects.select_related("client").aget(id=body["id"])
+    assert (log.users, log.target_count, log.topic, log.data_json, log.ttl_s, log.client.name,
+            log.accepted_node) == (["u1", "u2"], 2, "news", '{"n":1}', 60, "billing",
+                                   node.node_id)
+    (message,) = node.relay.pending
+    assert isinstance(message, PushMessage)
+    assert (message.id, message.users, message.data_json) == (body["id"], ("u1", "u2"),
+                                                              '{"n":1}')
+    assert pushes_counted(node, "billing", "accepted") == before + 1
+
+
+async def test_concurrent_pushes_are_one_group_commit(app, node: Node):
+    _, key = await new_key()
+    answers = await asyncio.gather(*(
+        call(app, "/api/v1/push", {"users": [f"u{i}"], "data": i}, key=key) for i in range(20)
+    ))
+    assert [a.status for a in answers] == [202] * 20
+    assert node.writer.stored == 20 and node.writer.commits < 20
+    assert await PushLog.objects.acount() == 20
+    assert {m.id for m in node.relay.pending} == {a.json()["id"] for a in answers}
+
+
+async def test_broadcast_and_chunked_body(app):
+    _, key = await new_key()
+    raw = json.dumps({"broadcast": True, "data": "hi"}).encode()
+    answer = await call(app, "/api/v1/push", key=key,
+                        chunks=[raw[i:i + 5] for i in range(0, len(raw), 5)])
+    assert answer.status == 202, answer.content
+    assert answer.json()["targets"] == "all"
+    with override_settings(GATEWAY_MAX_REQUEST_BYTES=10):
+        too_big = await call(app, "/api/v1/push", key=key, chunks=[raw[:8], raw[8:]])
+    assert too_big.status == 413
+    assert too_big.json()["error"] == "payload_too_large"
+
+
+async def test_batch_mixed_results_in_order(app, node: Node):
+    _, key = await new_key()
+    pushes = [{"users": ["u1"], "data": 1}, {"users": [], "data": 2},
+              {"broadcast": True, "data": 3}, {"users": ["u2"], "data": "x" * 100}]
+    with override_settings(GATEWAY_MAX_PAYLOAD_BYTES=50):
+        answer = await call(app, "/api/v1/push/batch", {"pushes": pushes}, key=key)
+    assert answer.status == 202
+    results = answer.json()["results"]
+    assert results[0]["status"] == "accepted" and set(results[0]) == {"id", "status"}
+    assert results[1]["error"] == "invalid" and "users" in results[1]["detail"]
+    assert results[2]["status"] == "accepted"
+    assert results[3] == {"error": "payload_too_large", "detail": results[3]["detail"]}
+    ids = {results[0]["id"], results[2]["id"]}
+    assert {log.id async for log in PushLog.objects.all()} == ids
+    assert {m.id for m in node.relay.pending} == ids
+    assert pushes_counted(node, "billing", "rejected") >= 2
+
+
+# --- idempotency ----------------------------------------------------------------------------
+
+async def test_idempotency_key_answers_200_with_the_first_push(app, node: Node):
+    _, key = await new_key()
+    body = {"users": ["u1"], "data": 1, "idempotency_key": "order-1"}
+    first = await call(app, "/api/v1/push", body, key=key)
+    again = await call(app, "/api/v1/push", {**body, "data": 2}, key=key)
+    assert (first.status, again.status) == (202, 200)
+    assert again.json() == {"id": first.json()["id"], "status": "accepted", "targets": 1}
+    assert await PushLog.objects.acount() == 1
+    assert [m.id for m in node.relay.pending] == [first.json()["id"]]
+
+
+async def test_concurrent_duplicate_keys_make_one_push(app):
+    _, key = await new_key()
+    body = {"users": ["u1"], "data": 1, "idempotency_key": "order-2"}
+    answers = await asyncio.gather(*(call(app, "/api/v1/push", body, key=key)
+                                     for _ in range(5)))
+    assert sorted(a.status for a in answers) == [200, 200, 200, 200, 202]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert await PushLog.objects.acount() == 1
+
+
+async def test_batch_repeats_a_key_within_itself(app):
+    _, key = await new_key()
+    item = {"users": ["u1"], "data": 1, "idempotency_key": "k"}
+    answer = await call(app, "/api/v1/push/batch", {"pushes": [item, item, {"users": ["u2"],
+                                                                         "data": 2}]}, key=key)
+    results = answer.json()["results"]
+    assert results[0]["id"] == results[1]["id"] != results[2]["id"]
+    assert await PushLog.objects.acount() == 2
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+async def test_a_cached_key_loses_its_pushes_the_moment_it_is_revoked(app):
+    row, key = await new_key()
+    assert (await call(app, "/api/v1/push", {"users": ["u"], "data": 1}, key=key)).status == 202
+    await ApiClient.objects.filter(pk=row.pk).aupdate(is_active=False)
+    answer = await call(app, "/api/v1/push", {"users": ["u"], "data": 2}, key=key)
+    assert (answer.status, answer.json()["error"]) == (403, "forbidden")
+    await ApiClient.objects.filter(pk=row.pk).aupdate(is_active=True)
+    assert (await call(app, "/api/v1/push", {"users": ["u"], "data": 3}, key=key)).status == 202
+    await sync_to_async(services.api_client_rotate)(client=await ApiClient.objects.aget(pk=row.pk))
+    answer = await call(app, "/api/v1/push/batch", {"pushes": [{"users": ["u"], "data": 4}]},
+                        key=key)
+    assert (answer.status, answer.json()["error"]) == (401, "unauthorized")
+    assert answer.headers["www-authenticate"] == "Token"
+    assert await PushLog.objects.acount() == 2
+
+
+async def test_use_is_recorded_on_the_client(app):
+    row, key = await new_key()
+    await call(app, "/api/v1/push", {"users": ["u"], "data": 1}, key=key)
+    await row.arefresh_from_db()
+    assert row.last_used_at is not None
+
+
+async def test_rate_limit_is_429_with_retry_after(app, monkeypatch):
+    monkeypatch.setattr(ApiClientRateThrottle, "timer", staticmethod(lambda: 100.0))
+    _, key = await new_key()
+    with override_settings(GATEWAY_API_RATE_PER_SECOND=2):
+        for n in range(2):
+            answer = await call(app, "/api/v1/push", {"users": ["u"], "data": n}, key=key)
+            assert answer.status == 202
+        answer = await call(app, "/api/v1/push", {"users": ["u"], "data": 3}, key=key)
+    assert (answer.status, answer.json()["error"]) == (429, "rate_limited")
+    assert int(answer.headers["retry-after"]) >= 1
+
+
+# --- the same errors as the DRF views -------------------------------------------------------
+
+REVOKED = "__revoked__"
+GOOD = {"users": ["u1"], "data": 1}
+ERROR_CASES = [
+    # (name, path, body or raw bytes, key, content type, settings)
+    ("no key", "/api/v1/push", GOOD, None, "application/json", {}),
+    ("bare Token", "/api/v1/push", GOOD, "", "application/json", {}),
+    ("three parts", "/api/v1/push", GOOD, "a b", "application/json", {}),
+    ("unknown key", "/api/v1/push", GOOD, "gw_nope_nope", "application/json", {}),
+    ("not a gateway key", "/api/v1/push", GOOD, "not-a-gateway-key", "application/json", {}),
+    ("deactivated", "/api/v1/push", GOOD, REVOKED, "application/json", {}),
+    ("bad json", "/api/v1/push", b'{"users": [', "KEY", "application/json", {}),
+    ("NaN", "/api/v1/push", b'{"users": ["u1"], "data": NaN}', "KEY", "application/json", {}),
+    ("bad utf-8", "/api/v1/push", b'{"users": ["\xff"]}', "KEY", "application/json", {}),
+    ("text body", "/api/v1/push", b"users=u1", "KEY", "text/plain", {}),
+    ("text batch", "/api/v1/push/batch", b"users=u1", "KEY", "text/plain", {}),
+    ("json with charset", "/api/v1/push", {"users": ["bad user"], "data": 1}, "KEY",
+     "application/json; charset=utf-8", {}),
+    ("empty body", "/api/v1/push", b"", "KEY", "application/json", {}),
+    ("not an object", "/api/v1/push", [1, 2], "KEY", "application/json", {}),
+    ("unknown field", "/api/v1/push", {**GOOD, "extra": 1}, "KEY", "application/json", {}),
+    ("bad user", "/api/v1/push", {"users": ["bad user"], "data": 1}, "KEY",
+     "application/json", {}),
+    ("payload too large", "/api/v1/push", {"users": ["u"], "data": "x" * 20}, "KEY",
+     "application/json", {"GATEWAY_MAX_PAYLOAD_BYTES": 10}),
+    ("request too large", "/api/v1/push", {"users": ["u"] * 50, "data": 1}, "KEY",
+     "application/json", {"GATEWAY_MAX_REQUEST_BYTES": 100}),
+    ("batch too large", "/api/v1/push/batch",
+     {"pushes": [{"users": ["u"], "data": i} for i in range(20)]}, "KEY", "application/json",
+     {"GATEWAY_MAX_REQUEST_BYTES": 100}),
+    ("batch empty", "/api/v1/push/batch", {"pushes": []}, "KEY", "application/json", {}),
+    ("batch missing", "/api/v1/push/batch", {"push": []}, "KEY", "application/json", {}),
+    ("batch not an object", "/api/v1/push/batch", [1], "KEY", "application/json", {}),
+    ("batch over the limit", "/api/v1/push/batch",
+     {"pushes": [{"users": ["u"], "data": i} for i in range(3)]}, "KEY", "application/json",
+     {"GATEWAY_MAX_BATCH": 2}),
+    ("too many users", "/api/v1/push", {"users": ["a", "b", "c"], "data": 1}, "KEY",
+     "application/json", {"GATEWAY_MAX_USERS_PER_PUSH": 2}),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "body", "key", "content_type", "overrides"),
+                         ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+async def test_errors_match_the_drf_views(app, name, path, body, key, content_type, overrides):
+    row, real_key = await new_key()
+    if key == REVOKED:
+        await ApiClient.objects.filter(pk=row.pk).aupdate(is_active=False)
+    key = real_key if key in ("KEY", REVOKED) else key
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+
+    def drf() -> Any:
+        client = APIClient()
+        if key is not None:
+            client.credentials(HTTP_AUTHORIZATION=f"Token {key}".rstrip())
+        return client.post(path, data=raw, content_type=content_type)
+
+    with override_settings(**overrides):
+        theirs = await sync_to_async(drf)()
+        ours = await call(app, path, raw=raw, content_type=content_type,
+                          headers={} if key is None else {"authorization":
+                                                          f"Token {key}".rstrip()})
+    assert ours.status == theirs.status_code >= 400, (ours.content, theirs.content)
+    assert ours.json() == theirs.json()
+    for header in ("WWW-Authenticate", "Retry-After"):
+        assert ours.headers.get(header.lower()) == theirs.headers.get(header), header
+    assert await PushLog.objects.acount() == 0
+
+
+async def test_a_full_relay_backlog_is_503_like_drf(app, monkeypatch):
+    monkeypatch.setattr(services, "MAX_RELAY_BACKLOG", -1)
+    _, key = await new_key()
+    for path, body in (("/api/v1/push", GOOD), ("/api/v1/push/batch", {"pushes": [GOOD]}),
+                       ("/api/v1/push", {**GOOD, "idempotency_key": "k"})):
+        answer = await call(app, path, body, key=key)
+        assert (answer.status, answer.json()["error"]) == (503, "broker_unavailable")
+    assert await PushLog.objects.acount() == 0
+
+
+# --- what the hot path leaves to Django -----------------------------------------------------
+
+async def test_other_methods_and_paths_go_to_django(app, inner: Inner):
+    for method, path in (("GET", "/api/v1/push"), ("POST", "/api/v1/push/"),
+                         ("POST", "/api/v1/tokens"), ("OPTIONS", "/api/v1/push/batch"),
+                         ("POST", "/api/v1/push/batch/x")):
+        assert (await call(app, path, GOOD, method=method)).status == 299
+    assert len(inner.paths) == 5
+
+
+async def test_a_host_outside_allowed_hosts_is_400(app):
+    _, key = await new_key()
+    answer = await call(app, "/api/v1/push", GOOD, key=key, headers={"host": "evil.example"})
+    assert (answer.status, answer.json()["error"]) == (400, "bad_request")
+    assert await PushLog.objects.acount() == 0
+
+
+async def test_a_client_gone_before_its_body_gets_nothing(app):
+    _, key = await new_key()
+    sent: list = []
+    events = [{"type": "http.disconnect"}]
+
+    async def receive():
+        return events.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/push",
+             "headers": [(b"host", HOST.encode()), (b"authorization", f"Token {key}".encode()),
+                         (b"content-type", b"application/json"), (b"content-length", b"30")],
+             "server": ("127.0.0.1", 8000)}
+    await app(scope, receive, send)
+    assert sent == []
+    assert await PushLog.objects.acount() == 0
