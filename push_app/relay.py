@@ -140,12 +140,7 @@ class Relay:
         while self.pending and len(batch) < self.window:
             message = self.pending.popleft()
             if message.expired(int(now * 1000)):
-                self._pending_ids.discard(message.id)
-                if isinstance(message, PushMessage):
-                    self._failed.append(message.id)
-                else:
-                    logger.warning("dropped control order %s: broker down past its ttl",
-                                   message.id, extra={"push_id": message.id})
+                self._drop_expired(message)
                 continue
             batch.append(message)
         if not batch:
@@ -170,16 +165,20 @@ class Relay:
             return
         kept: deque[Message] = deque()
         for message in self.pending:
-            if not message.expired(now_ms):
-                kept.append(message)
-                continue
-            self._pending_ids.discard(message.id)
-            if isinstance(message, PushMessage):
-                self._failed.append(message.id)
+            if message.expired(now_ms):
+                self._drop_expired(message)
             else:
-                logger.warning("dropped control order %s: broker down past its ttl",
-                               message.id, extra={"push_id": message.id})
+                kept.append(message)
         self.pending = kept
+
+    def _drop_expired(self, message: Message) -> None:
+        """A push past its ttl becomes ``failed``; a stale control order is dropped."""
+        self._pending_ids.discard(message.id)
+        if isinstance(message, PushMessage):
+            self._failed.append(message.id)
+        else:
+            logger.warning("dropped control order %s: broker down past its ttl",
+                           message.id, extra={"push_id": message.id})
 
     async def _publish(self, message: Message) -> bool:
         started = time.perf_counter()

@@ -103,6 +103,21 @@ def push_request(body: Any) -> PushRequest:
                        idempotency_key=key)
 
 
+def batch_requests(
+    items: list[Any],
+) -> tuple[list[dict[str, Any] | None], list[tuple[int, PushRequest]]]:
+    """Validate each batch item: per-index error bodies (None where valid), and the valid
+    requests with their index, so that one bad item does not sink the others."""
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    good: list[tuple[int, PushRequest]] = []
+    for index, item in enumerate(items):
+        try:
+            good.append((index, push_request(item)))
+        except RequestInvalid as exc:
+            results[index] = {"error": exc.code, "detail": exc.detail}
+    return results, good
+
+
 def batch_items(body: Any) -> list[Any]:
     if not isinstance(body, dict) or not isinstance(body.get("pushes"), list):
         raise _invalid("pushes", "required: a list of push bodies")

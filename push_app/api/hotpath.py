@@ -192,13 +192,7 @@ class PushRoutes:
 
     async def push_batch(self, node: Node, client: ClientRef, data: Any) -> Answer:
         items = validation.batch_items(data)
-        results: list[dict[str, Any] | None] = [None] * len(items)
-        good: list[tuple[int, PushRequest]] = []
-        for index, item in enumerate(items):
-            try:
-                good.append((index, validation.push_request(item)))
-            except RequestInvalid as exc:
-                results[index] = error_body(exc.code, exc.detail)
+        results, good = validation.batch_requests(items)
         new = 0
         if good:
             reqs = [req for _, req in good]

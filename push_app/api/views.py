@@ -104,13 +104,7 @@ class PushBatchView(APIView):
     )
     def post(self, request: Request) -> Response:
         items = validation.batch_items(request.data)
-        results: list[dict[str, Any] | None] = [None] * len(items)
-        good: list[tuple[int, validation.PushRequest]] = []
-        for index, item in enumerate(items):
-            try:
-                good.append((index, validation.push_request(item)))
-            except RequestInvalid as exc:
-                results[index] = error_body(exc.code, exc.detail)
+        results, good = validation.batch_requests(items)
         new = 0
         if good:
             created = services.push_create_many(
