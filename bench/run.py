@@ -242,7 +242,7 @@ async def idle(*, clients: int, duration_s: float, ping_every_s: float, env: dic
         await asyncio.sleep(duration_s)
         cpu = (meter.cpu_s() - cpu_before) / (time.perf_counter() - t0)
         rss_full = meter.rss_kb()
-        alive = sum(1 for c in conns if c.ws.close_code is None)
+        alive = sum(1 for c in conns if c.close_code is None)
         await asyncio.gather(*(c.close() for c in conns))
     return {
         "server": "gateway", "gateway_server": GATEWAY_SERVER["name"], "clients": clients,
