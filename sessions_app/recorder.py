@@ -111,9 +111,16 @@ class SessionRecorder:
                     ],
                     ignore_conflicts=True,
                 )
-            for session_id, at, code in snap.closed:
-                SessionRecord.objects.filter(id=session_id, closed_at__isnull=True).update(
-                    closed_at=_dt(at), last_seen=_dt(at), close_code=code
+            if snap.closed:
+                # One statement per 500 closes, not one per close: a drained node or a
+                # reconnect storm closes thousands at once. Rows already closed (by
+                # another node expiring this one) keep what they were closed with.
+                closes = [
+                    SessionRecord(id=sid, closed_at=_dt(at), last_seen=_dt(at), close_code=code)
+                    for sid, at, code in snap.closed
+                ]
+                SessionRecord.objects.filter(closed_at__isnull=True).bulk_update(
+                    closes, ["closed_at", "last_seen", "close_code"], batch_size=500
                 )
             if snap.seen:
                 records = [SessionRecord(id=sid, last_seen=_dt(seen)) for sid, seen in snap.seen]

@@ -75,6 +75,28 @@ def test_closes_are_written_with_code_and_time():
     assert Node.objects.get(id="n1").connections == 0
 
 
+def test_many_closes_are_written_in_batches_and_keep_earlier_closes(
+    django_assert_max_num_queries,
+):
+    rec, registry = recorder(), SessionManager()
+    sessions = [open_session(rec, registry, f"u{i}", f"s{i}") for i in range(1200)]
+    rec.write(rec.snapshot(registry, now=T0 + 1))
+    # Another node expired s0 as dead meanwhile: its close stays as that node wrote it.
+    SessionRecord.objects.filter(id="s0").update(closed_at=dt(T0 + 2), close_code=1006)
+    for i, session in enumerate(sessions):
+        close_session(rec, registry, session, code=4008 if i % 2 else 4012, at=T0 + 3 + i)
+    snap = rec.snapshot(registry, now=T0 + 2000)
+    with django_assert_max_num_queries(20):  # a few batched UPDATEs, not 1,200
+        rec.write(snap)
+    rows = {r.id: r for r in SessionRecord.objects.all()}
+    assert (rows["s0"].closed_at, rows["s0"].close_code) == (dt(T0 + 2), 1006)
+    assert (rows["s1"].closed_at, rows["s1"].last_seen, rows["s1"].close_code) == (
+        dt(T0 + 4), dt(T0 + 4), 4008)
+    assert (rows["s1199"].closed_at, rows["s1199"].close_code) == (dt(T0 + 1202), 4008)
+    assert (rows["s2"].closed_at, rows["s2"].close_code) == (dt(T0 + 5), 4012)
+    assert SessionRecord.objects.filter(closed_at__isnull=True).count() == 0
+
+
 def test_a_session_opened_and_closed_between_writes_is_recorded_closed():
     rec, registry = recorder(), SessionManager()
     s1 = open_session(rec, registry, "u1", "s1")
