@@ -1,7 +1,7 @@
 """From a broker message to this node's sockets.
 
-``Deliverer`` is the hot path: one decoded message, one frame built from it, then that frame
-written to each target connection one after another in this process (a task or a
+``Deliverer`` is the hot path: one decoded message, one frame built and encoded from it, then
+that frame written to each target connection one after another in this process (a task or a
 channel-layer message per connection is measurably slower). When the web server and the
 broker consumer are separate processes, ``ChannelLayerForwarder`` (in ``runconsumer``) sends
 each raw message once to the node's channel layer group and ``ChannelLayerListener`` (in
@@ -22,6 +22,7 @@ from gatewaysite.conf import gateway_settings
 from gatewaysite.logs import push_id_var
 from push_app.ledger import DeliveryLedger
 from push_app.messages import BadMessage, ControlMessage, Message, PushMessage, decode
+from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.registry import ChannelSession, SessionManager
 
@@ -107,9 +108,10 @@ class Deliverer:
             else registry.sessions_of(message.users)
         )
         frame = message.frame()
+        wire = frames.wire(frame)
         sent = 0
         for session in targets:
-            if await session.connection.send_frame(frame):
+            if await session.connection.send_frame(frame, wire):
                 sent += 1
         if sent:
             self.ledger.delivered(message.id, sent)

@@ -136,11 +136,13 @@ class GatewayConsumer(AsyncConsumer):
             self.node.hub.forget(self.session, code=int(message.get("code") or 1006))
 
     # Connection (what the registry and the hub call) ---------------------------------
-    async def send_frame(self, frame: str) -> bool:
+    async def send_frame(self, frame: str, wire: bytes | None = None) -> bool:
         if self.closed:
             return False
         verdict = self.buffer.offer(frame)
         if verdict == WRITE:
+            if wire is not None and self.buffer.write_wire(wire):
+                return True
             try:
                 await self.base_send({"type": "websocket.send", "text": frame})
             except OSError:

@@ -35,6 +35,15 @@ waits and never blocks the caller either.
 
 Frames are counted by characters, a lower bound of their UTF-8 size, so the check costs
 nothing on the hot path.
+
+A frame that goes to many connections (a push) is encoded once (``frames.wire``) and, where
+the buffer answers ``WRITE``, written as those bytes straight to the connection's transport
+(``write_wire``) instead of going through the server's ``send``, which re-encodes it for
+each recipient (half of the server's CPU per delivery under either server). That is safe
+only while the server's protocol would write the frame unchanged itself: the connection is
+open, not closing, and no extension (per-message deflate) rewrites frames; ``write_wire``
+checks that on every call and otherwise declines, and the frame goes through ``send``.
+Both paths write to the same transport from the one event loop, so order is kept.
 """
 
 from __future__ import annotations
@@ -46,6 +55,9 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
+
+from websockets.protocol import Protocol as WebSocketsProtocol
+from websockets.protocol import State as WebSocketsState
 
 logger = logging.getLogger("gateway.flow")
 
@@ -68,6 +80,10 @@ class SendBuffer(Protocol):
         """Send ``websocket.close`` behind what waits, without waiting for a slow client;
         drop the connection if the close cannot get out in time."""
 
+    def write_wire(self, wire: bytes) -> bool:
+        """Write one encoded frame (``frames.wire``) to the socket now, after ``offer``
+        answered ``WRITE``; False if the server's protocol must write it (module doc)."""
+
 
 class UnboundedSendBuffer:
     def __init__(self, send: Send) -> None:
@@ -78,6 +94,9 @@ class UnboundedSendBuffer:
 
     async def close(self, message: dict[str, Any]) -> None:
         await self.send(message)
+
+    def write_wire(self, wire: bytes) -> bool:
+        return False
 
 
 class _NoopProducer:
@@ -98,9 +117,24 @@ class TwistedSendBuffer:
 
     abort_after_s = 5.0
 
-    def __init__(self, transport: Any, send: Send, *, max_bytes: int) -> None:
+    def __init__(self, transport: Any, send: Send, *, max_bytes: int,
+                 protocol: Any = None) -> None:
         self.transport = transport
         self.send = send
+        # Daphne's protocol is autobahn's WebSocketServerProtocol: its state tells whether
+        # it would write a frame as it is (``write_wire``).
+        self.protocol = protocol if hasattr(protocol, "send_state") else None
+        # Twisted's TCP transport writes nothing at once: every write is buffered, the
+        # socket registered with the reactor for writing, written when the reactor gets
+        # round to it, then unregistered (two epoll_ctl calls and a reactor pass per
+        # frame: most of Daphne's CPU per delivery). While its buffer is empty,
+        # ``write_wire`` sends on the socket directly, as asyncio's transports do, and
+        # leaves only what the kernel did not take to Twisted.
+        self.sock = transport.socket if all(
+            hasattr(transport, name)
+            for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "TLS",
+                         "_writeDisconnected")
+        ) else None
         self.limit = max(0, max_bytes - int(getattr(transport, "bufferSize", 65536)))
         self.waiting_bytes = 0
         if getattr(transport, "producer", None) is None:
@@ -116,6 +150,35 @@ class TwistedSendBuffer:
     async def close(self, message: dict[str, Any]) -> None:
         await self.send(message)
         self.abort_if_stuck()
+
+    def write_wire(self, wire: bytes) -> bool:
+        protocol = self.protocol
+        if (
+            protocol is None
+            or protocol.state != protocol.STATE_OPEN
+            or protocol.send_state != protocol.SEND_STATE_GROUND
+            or protocol._perMessageCompress is not None
+        ):
+            return False
+        transport = self.transport
+        if (
+            self.sock is not None
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not transport.TLS
+        ):
+            try:
+                sent = self.sock.send(wire)
+            except OSError:  # EAGAIN; or a broken connection, which Twisted reports itself
+                sent = 0
+            if sent == len(wire):
+                return True
+            wire = wire[sent:]
+        transport.write(wire)
+        return True
 
     def abort_if_stuck(self) -> None:
         if self.transport.producerPaused:
@@ -133,8 +196,12 @@ class AsyncioSendBuffer:
     abort_after_s = 5.0
 
     def __init__(self, send: Send, *, transport: asyncio.WriteTransport,
-                 writable: asyncio.Event, max_bytes: int) -> None:
+                 writable: asyncio.Event, max_bytes: int, protocol: Any = None) -> None:
         self.send = send
+        # uvicorn's websockets-sansio protocol keeps the connection's state in ``conn``
+        # (websockets' sans-I/O ServerProtocol); wsproto's has no such thing.
+        self.protocol = protocol if isinstance(getattr(protocol, "conn", None),
+                                               WebSocketsProtocol) else None
         self.transport = transport
         self.writable = writable
         self.max_bytes = max_bytes
@@ -166,6 +233,21 @@ class AsyncioSendBuffer:
             self._enqueue(message, 0)
         if self.queue or not self.writable.is_set():
             asyncio.get_running_loop().call_later(self.abort_after_s, self._abort)
+
+    def write_wire(self, wire: bytes) -> bool:
+        protocol = self.protocol
+        if (
+            protocol is None
+            or protocol.disconnected
+            or protocol.close_sent
+            or not protocol.handshake_complete
+            or protocol.initial_response is not None
+            or protocol.conn.state is not WebSocketsState.OPEN
+            or protocol.conn.extensions
+        ):
+            return False
+        self.transport.write(wire)
+        return True
 
     def _enqueue(self, message: dict[str, Any], size: int) -> None:
         self.queue.append((message, size))
@@ -209,7 +291,8 @@ def send_buffer_for(send: Any, *, max_bytes: int) -> SendBuffer:
     if isinstance(send, functools.partial) and send.args:
         transport = getattr(send.args[0], "transport", None)
         if transport is not None and hasattr(transport, "producerPaused"):
-            return TwistedSendBuffer(transport, send, max_bytes=max_bytes)
+            return TwistedSendBuffer(transport, send, max_bytes=max_bytes,
+                                     protocol=send.args[0])
     protocol = getattr(send, "__self__", None)
     if protocol is not None:
         transport = getattr(protocol, "transport", None)
@@ -218,5 +301,5 @@ def send_buffer_for(send: Any, *, max_bytes: int) -> SendBuffer:
             transport, "get_write_buffer_size"
         ):
             return AsyncioSendBuffer(send, transport=transport, writable=writable,
-                                     max_bytes=max_bytes)
+                                     max_bytes=max_bytes, protocol=protocol)
     return UnboundedSendBuffer(send)

@@ -38,6 +38,24 @@ def pong(now_ms: int) -> str:
     return '{"type":"pong","ts":' + str(now_ms) + "}"
 
 
+def wire(text: str) -> bytes:
+    """``text`` as one WebSocket text frame from a server (RFC 6455 5.2: final, unmasked).
+
+    A push to many connections is encoded once here, and written as these bytes to every
+    connection the server lets us write to directly (``flow.SendBuffer.write_wire``),
+    instead of once per recipient inside the server's protocol.
+    """
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, size))
+    elif size < 65536:
+        head = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return head + payload
+
+
 def error(detail: str, code: str = "bad_frame") -> str:
     return json.dumps({"type": "error", "code": code, "detail": detail})
 

@@ -21,8 +21,12 @@ from sessions_app.close_codes import CloseCode
 class Connection(Protocol):
     """What the registry needs from one live WebSocket (the consumer provides it)."""
 
-    async def send_frame(self, frame: str) -> bool:
-        """Queue one text frame; False if the client is too slow and is being closed."""
+    async def send_frame(self, frame: str, wire: bytes | None = None) -> bool:
+        """Queue one text frame; False if the client is too slow and is being closed.
+
+        ``wire`` is the same frame already encoded (``frames.wire``), when one frame goes
+        to many connections.
+        """
 
     async def close(self, code: CloseCode) -> None:
         """Close the WebSocket with an application close code."""

@@ -22,7 +22,7 @@ class FakeConnection:
         self.frames: list[str] = []
         self.closes: list[int] = []
 
-    async def send_frame(self, frame: str) -> bool:
+    async def send_frame(self, frame: str, wire: bytes | None = None) -> bool:
         self.frames.append(frame)
         return self.accept
 
