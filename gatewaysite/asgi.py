@@ -17,8 +17,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gatewaysite.settings")
 django_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import path, re_path  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from gatewaysite.node import get_node  # noqa: E402
 from push_app.api.hotpath import PushRoutes  # noqa: E402
@@ -68,13 +67,30 @@ async def refuse_websocket(scope: dict[str, Any], receive: Any, send: Any) -> No
         await send({"type": "websocket.close"})
 
 
+gateway_consumer = GatewayConsumer.as_asgi()
+
+
+async def websocket_routes(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/ws/`` to the gateway consumer; any other path refused.
+
+    Not Channels' ``URLRouter``: it copies the scope (with its headers) for every
+    connection and keeps the copy as long as the connection lives, half a kilobyte per
+    idle client for a route table of one path.
+    """
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    if path == "/ws/":
+        await gateway_consumer(scope, receive, send)
+    else:
+        await refuse_websocket(scope, receive, send)
+
+
 application = ProtocolTypeRouter({
     # POST /api/v1/push and /push/batch are answered before Django's middleware and DRF
     # (push_app/api/hotpath.py); every other request goes on to Django.
     "http": NodeStarter(PushRoutes(django_app)),
     "lifespan": lifespan,
-    "websocket": URLRouter([
-        path("ws/", GatewayConsumer.as_asgi()),
-        re_path(r"", refuse_websocket),  # type: ignore[arg-type]
-    ]),
+    "websocket": websocket_routes,
 })

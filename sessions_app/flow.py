@@ -205,7 +205,9 @@ class AsyncioSendBuffer:
         self.transport = transport
         self.writable = writable
         self.max_bytes = max_bytes
-        self.queue: deque[tuple[dict[str, Any], int]] = deque()
+        # What waits for the transport; created when the first frame has to wait (an empty
+        # deque per idle connection costs more than half a kilobyte).
+        self.queue: deque[tuple[dict[str, Any], int]] | None = None
         self.queued_bytes = 0
         self.writer: asyncio.Task[None] | None = None
         self.too_slow = False
@@ -224,8 +226,7 @@ class AsyncioSendBuffer:
     async def close(self, message: dict[str, Any]) -> None:
         if self.too_slow:
             # The client is closed for what waits: none of it is sent any more.
-            self.queue.clear()
-            self.queued_bytes = 0
+            self._drop_queue()
         if not self.queue and self.writable.is_set():
             with contextlib.suppress(OSError):  # uvicorn's ClientDisconnected: already gone
                 await self.send(message)
@@ -250,6 +251,8 @@ class AsyncioSendBuffer:
         return True
 
     def _enqueue(self, message: dict[str, Any], size: int) -> None:
+        if self.queue is None:
+            self.queue = deque()
         self.queue.append((message, size))
         self.queued_bytes += size
         if self.writer is None:
@@ -257,6 +260,7 @@ class AsyncioSendBuffer:
 
     async def _write(self) -> None:
         queue = self.queue
+        assert queue is not None  # started by ``_enqueue``
         try:
             while queue:
                 await self.writable.wait()
@@ -269,21 +273,24 @@ class AsyncioSendBuffer:
                 await self.send(message)
         except OSError:
             # uvicorn's ClientDisconnected: the client went away while frames waited.
-            queue.clear()
-            self.queued_bytes = 0
+            self._drop_queue()
         except Exception:
             logger.exception("writing queued frames failed")
-            queue.clear()
-            self.queued_bytes = 0
+            self._drop_queue()
         finally:
             self.writer = None
 
     def _abort(self) -> None:
         if self.queue or self.transport.get_write_buffer_size():
             logger.info("dropping a client that did not read its close frame")
-            self.queue.clear()
-            self.queued_bytes = 0
+            self._drop_queue()
             self.transport.abort()
+
+    def _drop_queue(self) -> None:
+        # Emptied in place: a running writer holds the same deque and stops with it.
+        if self.queue is not None:
+            self.queue.clear()
+        self.queued_bytes = 0
 
 
 def send_buffer_for(send: Any, *, max_bytes: int) -> SendBuffer:

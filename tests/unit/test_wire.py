@@ -222,3 +222,13 @@ async def test_other_servers_never_take_wire_bytes():
     buffer = send_buffer_for(queue.put, max_bytes=1)
     assert isinstance(buffer, UnboundedSendBuffer)
     assert buffer.write_wire(b"\x81\x00") is False
+
+
+@pytest.mark.parametrize("text", ['{"type":"ping"}', '{"type": "ping"}', ' {"type":"ping"} '])
+def test_every_spelling_of_ping_parses_the_same(text):
+    assert frames.parse(text) == {"type": "ping"}
+
+
+def test_near_pings_are_still_checked():
+    with pytest.raises(frames.BadFrame):
+        frames.parse('{"type":"pong"}')
