@@ -2,7 +2,7 @@
 
     python -m bench.run broadcast --clients 1000 --rate 50 --duration 10
     python -m bench.run targeted --clients 10000 --rate 1500 --duration 10 [--batch 100]
-    python -m bench.run idle --clients 19000 --duration 30
+    python -m bench.run idle --clients 19000 --duration 30 [--server baseline]
     python -m bench.run rocketmq --clients 1000 --rate 2000 --duration 10
     python -m bench.run baseline --clients 1000 --rate 50 --duration 10
     python -m bench.run all            # baseline and broadcast in one run, with ratios
@@ -228,13 +228,23 @@ async def fanout(*, server: str, clients: int, rate: float, duration_s: float, b
 
 
 async def idle(*, clients: int, duration_s: float, ping_every_s: float, env: dict[str, str],
-               workdir: Path) -> dict[str, Any]:
+               workdir: Path, server: str = "gateway") -> dict[str, Any]:
+    """Hold ``clients`` connections heartbeating every ``ping_every_s``; memory and CPU.
+
+    ``server="baseline"`` holds them on the bare ``websockets`` server instead, which
+    answers the same heartbeat: the floor the gateway's figures are compared with.
+    """
     stats = Stats()
-    with gateway(env, workdir) as gw:
-        assert gw.proc is not None
-        meter = ProcessMeter(gw.proc.pid)
+    cm: Any = baseline(workdir) if server == "baseline" else gateway(env, workdir)
+    with cm as handle:
+        if server == "baseline":
+            port, pid = handle
+            ws_url = f"ws://127.0.0.1:{port}/ws/"
+        else:
+            ws_url, pid = handle.ws_url, handle.proc.pid
+        meter = ProcessMeter(pid)
         rss_empty = meter.rss_kb()
-        urls = [f"{gw.ws_url}?token={token(f'u{i}')}" for i in range(clients)]
+        urls = [f"{ws_url}?token={token(f'u{i}')}" for i in range(clients)]
         conns, connect = await connect_many(urls, stats, ping_every_s=ping_every_s,
                                             concurrency=500)
         await asyncio.sleep(1)
@@ -245,8 +255,9 @@ async def idle(*, clients: int, duration_s: float, ping_every_s: float, env: dic
         alive = sum(1 for c in conns if c.close_code is None)
         await asyncio.gather(*(c.close() for c in conns))
     return {
-        "server": "gateway", "gateway_server": GATEWAY_SERVER["name"], "clients": clients,
-        "connect": connect, "alive_at_end": alive,
+        "server": server,
+        **({} if server == "baseline" else {"gateway_server": GATEWAY_SERVER["name"]}),
+        "clients": clients, "connect": connect, "alive_at_end": alive,
         "ping_every_s": ping_every_s,
         "server_rss_mb": round(rss_full / 1024, 1),
         "kb_per_connection": round((rss_full - rss_empty) / max(1, len(conns)), 2),
@@ -265,16 +276,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--ping-every", type=float, default=25.0)
     parser.add_argument("--rocketmq-endpoint", default="127.0.0.1:8081")
-    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne",
-                        help="rungateway --server for the gateway")
+    parser.add_argument("--server", choices=["daphne", "uvicorn", "baseline"],
+                        default="daphne",
+                        help="rungateway --server for the gateway; for idle also baseline "
+                             "(the bare websockets server)")
     parser.add_argument("--workers", type=int, default=1,
                         help="rungateway --workers (N > 1 needs --env GATEWAY_BROKER=redis or "
                              "rocketmq); CPU and RSS are summed over the workers")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the gateway (repeatable)")
     args = parser.parse_args(argv)
+    if args.server == "baseline" and args.scenario != "idle":
+        parser.error("--server baseline is for idle; the baseline scenario is the broadcast one")
     GATEWAY_SERVER["name"] = args.server
-    GATEWAY_ARGS.extend(["--server", args.server])
+    if args.server != "baseline":
+        GATEWAY_ARGS.extend(["--server", args.server])
     if args.workers > 1:
         GATEWAY_ARGS.extend(["--workers", str(args.workers)])
     GATEWAY_ENV.update(item.split("=", 1) for item in args.env)
@@ -313,7 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     elif s == "idle":
         emit("idle", asyncio.run(idle(
             clients=args.clients or 19000, duration_s=args.duration, ping_every_s=args.ping_every,
-            env={"GATEWAY_MAX_CONNECTIONS_PER_USER": "5"}, workdir=workdir)))
+            env={"GATEWAY_MAX_CONNECTIONS_PER_USER": "5"}, workdir=workdir,
+            server="baseline" if args.server == "baseline" else "gateway")))
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ def test_targeted_loses_nothing(batch: str) -> None:
     assert result["expected"] > 0 and result["loss"] == 0, result
 
 
-def test_idle_keeps_every_connection() -> None:
-    (result,) = run_bench("idle", "--clients", "300", "--duration", "2", "--ping-every", "1")
+@pytest.mark.parametrize("server", ["daphne", "baseline"])
+def test_idle_keeps_every_connection(server: str) -> None:
+    (result,) = run_bench("idle", "--clients", "300", "--duration", "2", "--ping-every", "1",
+                          "--server", server)
+    assert result["server"] == ("baseline" if server == "baseline" else "gateway")
     assert result["alive_at_end"] == 300 and result["loss"] == 0, result
     assert result["kb_per_connection"] > 0
 
