@@ -181,7 +181,10 @@ class Pusher:
 async def fanout(*, server: str, clients: int, rate: float, duration_s: float, batch: int,
                  broadcast: bool, env: dict[str, str], workdir: Path) -> dict[str, Any]:
     """Connect ``clients`` users, push at ``rate``, measure deliveries and latency."""
-    users = [f"u{i}" for i in range(clients)]
+    # Users of this run only: pushes a previous run left on a shared broker (RocketMQ keeps
+    # its topic between runs) reach nobody here instead of counting as extra deliveries.
+    run_id = f"{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    users = [f"{run_id}-u{i}" for i in range(clients)]
     stats = Stats()
     cm: Any = baseline(workdir) if server == "baseline" else gateway(env, workdir)
     with cm as handle:

@@ -83,8 +83,12 @@ MATRIX: list[Point] = [
     Point("batch-10k-daphne", "daphne", "targeted", 10000, 10000, 10, "--batch 100"),
     Point("batch-10k-uvicorn", "uvicorn", "targeted", 10000, 10000, 10, f"--batch 100 {UV}"),
     # Pushes through the RocketMQ broker (--rocketmq-endpoint).
+    # One push per request, then batches of 50 per request (the broker path alone).
     Point("rocketmq-2000-daphne", "daphne", "rocketmq", 1000, 2000, 10, "", MQ),
     Point("rocketmq-2000-uvicorn", "uvicorn", "rocketmq", 1000, 2000, 10, UV, MQ),
+    Point("rocketmq-2000b-daphne", "daphne", "rocketmq", 1000, 2000, 10, "--batch 50", MQ),
+    Point("rocketmq-2000b-uvicorn", "uvicorn", "rocketmq", 1000, 2000, 10,
+          f"--batch 50 {UV}", MQ),
     # Idle connections: memory, heartbeat CPU, connect rate.
     Point("idle-19000-baseline", "baseline", "idle", 19000, None, 30, "--server baseline"),
     Point("idle-19000-daphne", "daphne", "idle", 19000, None, 30),

@@ -42,6 +42,11 @@ T = TypeVar("T")
 Role = Literal["all", "web"]
 
 
+#: How long the node's loops get to end once cancelled before their broker is closed
+#: under them.
+STOP_WAIT_S = 2.0
+
+
 class Node:
     #: How often the heartbeat sweep and delivery accounting run.
     tick_s = 1.0
@@ -162,6 +167,10 @@ class Node:
         await self.writer.close()
         for task in self._tasks:
             task.cancel()
+        _, stuck = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+        if stuck:
+            # redis-py can hold a cancelled XREAD until its connection is closed.
+            await self.broker.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         try:

@@ -21,7 +21,7 @@ from gatewaysite import metrics
 from gatewaysite.conf import gateway_settings
 from gatewaysite.logs import push_id_var
 from push_app.ledger import DeliveryLedger
-from push_app.messages import BadMessage, ControlMessage, Message, PushMessage, decode
+from push_app.messages import BadMessage, ControlMessage, Message, PushMessage, decode_many
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.registry import ChannelSession, SessionManager
@@ -67,12 +67,13 @@ class Deliverer:
 
     async def handle_raw(self, raw: bytes) -> None:
         try:
-            message = decode(raw)
+            messages = decode_many(raw)
         except BadMessage as exc:
             self.metrics.skipped["malformed"].inc()
             logger.warning("skipped a malformed broker message (%s): %.200r", exc, raw)
             return
-        await self.handle(message)
+        for message in messages:
+            await self.handle(message)
 
     async def handle(self, message: Message) -> None:
         self.metrics.consumed[message.tag].inc()

@@ -36,6 +36,16 @@ DbRunner = Callable[..., Awaitable[Any]]
 TTL_FAILURE = "ttl ran out before the broker accepted the push"
 
 
+#: Bounds of one broker message of pushes (``Relay._groups``): well under the brokers'
+#: message limits (RocketMQ 4 MiB), counting each push's fields besides its data.
+MAX_BATCH_BYTES = 1024 * 1024
+PUSH_ENVELOPE_BYTES = 512
+
+
+def _and_more(group: list[Message]) -> str:
+    return f" (and {len(group) - 1} more)" if len(group) > 1 else ""
+
+
 class Relay:
     clock: Callable[[], float] = staticmethod(time.time)
     #: How many publishes may be in flight at once.
@@ -137,7 +147,8 @@ class Relay:
             # out of ttl further back too, or it would stay ``accepted`` past its ttl.
             self._expire_pending(int(now * 1000))
         batch: list[Message] = []
-        while self.pending and len(batch) < self.window:
+        limit = self.window * max(1, self.broker.max_batch_pushes)
+        while self.pending and len(batch) < limit:
             message = self.pending.popleft()
             if message.expired(int(now * 1000)):
                 self._drop_expired(message)
@@ -145,10 +156,12 @@ class Relay:
             batch.append(message)
         if not batch:
             return True
+        groups = self._groups(batch)
         if self.broker.publish_concurrently:
-            results = await asyncio.gather(*(self._publish(m) for m in batch))
+            outcomes = await asyncio.gather(*(self._publish(g) for g in groups))
         else:  # a task per message would cost more than the publish itself
-            results = [await self._publish(m) for m in batch]
+            outcomes = [await self._publish(g) for g in groups]
+        results = [ok for group, ok in zip(groups, outcomes, strict=True) for _ in group]
         refused = [m for m, ok in zip(batch, results, strict=True) if not ok]
         for message, ok in zip(batch, results, strict=True):
             if ok:
@@ -180,25 +193,59 @@ class Relay:
             logger.warning("dropped control order %s: broker down past its ttl",
                            message.id, extra={"push_id": message.id})
 
-    async def _publish(self, message: Message) -> bool:
+    def _groups(self, batch: list[Message]) -> list[list[Message]]:
+        """What goes out as one broker message: runs of pushes up to the broker's
+        ``max_batch_pushes`` and ``MAX_BATCH_BYTES``; every control order on its own."""
+        most = self.broker.max_batch_pushes
+        if most <= 1:
+            return [[message] for message in batch]
+        groups: list[list[Message]] = []
+        group: list[Message] = []
+        size = 0
+        for message in batch:
+            if not isinstance(message, PushMessage):
+                if group:  # kept in submission order
+                    groups.append(group)
+                    group, size = [], 0
+                groups.append([message])
+                continue
+            push_size = len(message.data_json) + PUSH_ENVELOPE_BYTES
+            if group and (len(group) >= most or size + push_size > MAX_BATCH_BYTES):
+                groups.append(group)
+                group, size = [], 0
+            group.append(message)
+            size += push_size
+        if group:
+            groups.append(group)
+        return groups
+
+    async def _publish(self, group: list[Message]) -> bool:
+        """Publish one group (``_groups``) as one broker message; False if refused."""
         started = time.perf_counter()
-        stamped: Message = message
-        if isinstance(message, PushMessage):
-            stamped = dataclasses.replace(message, published_ms=int(self.clock() * 1000))
+        now_ms = int(self.clock() * 1000)
+        stamped = [
+            dataclasses.replace(m, published_ms=now_ms) if isinstance(m, PushMessage) else m
+            for m in group
+        ]
+        message = group[0]
         try:
-            await self.broker.publish(stamped)
+            if len(stamped) == 1:
+                await self.broker.publish(stamped[0])
+            else:
+                await self.broker.publish_batch(
+                    [m for m in stamped if isinstance(m, PushMessage)])
         except BrokerUnavailable as exc:
             self.metrics.publish_errors.inc()
             if self.broker_up:
-                logger.warning("broker refused push %s, keeping it: %s", message.id, exc,
-                               extra={"push_id": message.id})
+                logger.warning("broker refused push %s%s, keeping it: %s", message.id,
+                               _and_more(group), exc, extra={"push_id": message.id})
             return False
         except Exception:
             self.metrics.publish_errors.inc()
-            logger.exception("publishing push %s failed, keeping it", message.id,
-                             extra={"push_id": message.id})
+            logger.exception("publishing push %s%s failed, keeping it", message.id,
+                             _and_more(group), extra={"push_id": message.id})
             return False
-        self.metrics.published.inc()
+        self.metrics.published.inc(len(group))
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         return True
 

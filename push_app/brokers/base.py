@@ -2,9 +2,10 @@
 
 Guarantees every implementation states against these:
 
-- ``publish`` returns only once the broker holds the message (RocketMQ: the send receipt;
-  ``local``: handed to this process's consumers). Otherwise it raises ``BrokerUnavailable``
-  and the caller, the relay, keeps the push and tries again; nothing is dropped here.
+- ``publish`` (and ``publish_batch``) returns only once the broker holds the message
+  (RocketMQ: the send receipt; ``local``: handed to this process's consumers). Otherwise
+  it raises ``BrokerUnavailable`` and the caller, the relay, keeps the push (every push
+  of the batch) and tries again; nothing is dropped here.
 - ``consume`` hands every message to every node (broadcast), at least once: duplicates
   and redelivered history are possible, so the delivery side skips ids it has seen and
   messages published before the node started. No ordering is promised across pushes.
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from push_app.messages import Message
+from push_app.messages import Message, PushMessage
 
 #: Receives the raw bytes of one broker message; decoding belongs to the delivery side.
 Handler = Callable[[bytes], Awaitable[None]]
@@ -44,8 +45,17 @@ class BaseBroker:
     async def start(self) -> None:
         """Connect; may be called again after ``close``."""
 
+    #: Most pushes ``publish_batch`` puts in one broker message (1: one message per push).
+    max_batch_pushes = 1
+
     async def publish(self, message: Message) -> None:
         raise NotImplementedError(".publish() must be overridden")
+
+    async def publish_batch(self, pushes: list[PushMessage]) -> None:
+        """Publish these pushes, all or none (``BrokerUnavailable``); brokers with
+        ``max_batch_pushes`` > 1 send them as one ``encode_batch`` message."""
+        for push in pushes:
+            await self.publish(push)
 
     async def consume(self, handler: Handler) -> None:
         """Feed every message to ``handler`` until cancelled; survive broker outages."""

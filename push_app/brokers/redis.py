@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from gatewaysite import metrics
 from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
-from push_app.messages import Message, encode
+from push_app.messages import TAG_PUSH, Message, PushMessage, encode, encode_batch
 
 logger = logging.getLogger("gateway.broker.redis")
 
@@ -31,6 +31,8 @@ logger = logging.getLogger("gateway.broker.redis")
 class RedisBroker(BaseBroker):
     name = "redis"
     max_len = 100_000
+    #: Pushes per stream entry (``publish_batch``).
+    max_batch_pushes = 100
     block_ms = 5_000
     batch = 500
     timeout_s = 5.0
@@ -53,10 +55,19 @@ class RedisBroker(BaseBroker):
         return self._client
 
     async def publish(self, message: Message) -> None:
+        await self._add(encode(message), message.tag)
+
+    async def publish_batch(self, pushes: list[PushMessage]) -> None:
+        if len(pushes) == 1:
+            await self.publish(pushes[0])
+        else:
+            await self._add(encode_batch(pushes), TAG_PUSH)
+
+    async def _add(self, body: bytes, tag: str) -> None:
         try:
             await asyncio.wait_for(
                 self._redis().xadd(
-                    self.key, {"m": encode(message), "tag": message.tag},
+                    self.key, {"m": body, "tag": tag},
                     maxlen=self.max_len, approximate=True,
                 ),
                 timeout=self.timeout_s,

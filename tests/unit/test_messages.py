@@ -9,7 +9,9 @@ from push_app.messages import (
     ControlMessage,
     PushMessage,
     decode,
+    decode_many,
     encode,
+    encode_batch,
 )
 
 
@@ -163,3 +165,25 @@ def test_expiry():
     order = control(issued_ms=1000)
     assert order.expired(1000 + ControlMessage.ttl_ms - 1) is False
     assert order.expired(1000 + ControlMessage.ttl_ms) is True
+
+
+def test_a_batch_decodes_into_its_pushes_in_order():
+    pushes = [push(id="p1"), push(id="p2", users=None, topic=None, published_ms=None)]
+    assert decode_many(encode_batch(pushes)) == pushes
+
+
+def test_decode_many_takes_single_messages_too():
+    assert decode_many(encode(control())) == [control()]
+    assert decode_many(encode(push())) == [push()]
+
+
+@pytest.mark.parametrize("pushes", [[], "x", [{"kind": "control"}], [1]])
+def test_malformed_batches_are_bad_messages(pushes):
+    raw = json.dumps({"v": 1, "kind": "push_batch", "pushes": pushes})
+    with pytest.raises(BadMessage):
+        decode_many(raw)
+
+
+def test_a_batch_is_not_a_single_message():
+    with pytest.raises(BadMessage, match="unknown kind"):
+        decode(encode_batch([push()]))

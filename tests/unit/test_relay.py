@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
 
+from push_app import relay as relay_module
+from push_app.brokers.base import BrokerUnavailable
 from push_app.brokers.local import LocalBroker
-from push_app.messages import ControlMessage, PushMessage, decode
+from push_app.messages import ControlMessage, PushMessage, decode, decode_many, encode, encode_batch
 from push_app.models import PushLog, PushStatus
 from push_app.relay import TTL_FAILURE, Relay
 from push_app.services import push_message
@@ -130,6 +133,68 @@ async def test_a_partly_refused_window_keeps_the_refused_in_front_in_order():
     refuse.clear()
     assert await relay.publish_some() is True
     assert published_ids(broker) == ["p0", "p2", "p1", "p3", "p4", "p5"]
+
+
+class BatchingBroker(LocalBroker):
+    """A local broker that, like RocketMQ and Redis, takes several pushes per message."""
+
+    max_batch_pushes = 3
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.messages: list[list[str]] = []  # ids per broker message
+        self.refuse: set[str] = set()
+
+    async def publish(self, message) -> None:
+        await self.publish_batch([message])
+
+    async def publish_batch(self, pushes) -> None:
+        if self.refuse & {p.id for p in pushes}:
+            raise BrokerUnavailable("refused")
+        raw = encode_batch(pushes) if len(pushes) > 1 else encode(pushes[0])
+        self.messages.append([m.id for m in decode_many(raw)])
+
+
+def batching_relay() -> tuple[Relay, BatchingBroker]:
+    broker = BatchingBroker(node_id="n1")
+    relay = Relay(broker=broker, db=RecordingDb(), node_id="n1")
+    relay.clock = Clock()
+    return relay, broker
+
+
+async def test_pending_pushes_go_out_a_few_per_broker_message_in_order():
+    relay, broker = batching_relay()
+    for i in range(4):
+        relay.submit(push(f"p{i}"))
+    relay.submit(control("c1", issued_ms=int(NOW * 1000)))
+    for i in range(4, 6):
+        relay.submit(push(f"p{i}"))
+    assert await relay.publish_some() is True
+    assert broker.messages == [["p0", "p1", "p2"], ["p3"], ["c1"], ["p4", "p5"]]
+    assert relay.backlog == 0
+    assert relay._published == [f"p{i}" for i in range(6)]  # pushes only, each once
+
+
+async def test_big_pushes_split_broker_messages_by_size(monkeypatch):
+    monkeypatch.setattr(relay_module, "MAX_BATCH_BYTES", 3500)  # two pushes fit, not three
+    relay, broker = batching_relay()
+    for i in range(3):
+        relay.submit(dataclasses.replace(push(f"p{i}"), data_json='"' + "x" * 1200 + '"'))
+    await relay.publish_some()
+    assert broker.messages == [["p0", "p1"], ["p2"]]
+
+
+async def test_a_refused_broker_message_keeps_all_its_pushes_in_front_in_order():
+    relay, broker = batching_relay()
+    broker.refuse = {"p4"}
+    for i in range(7):
+        relay.submit(push(f"p{i}"))
+    assert await relay.publish_some() is False
+    assert broker.messages == [["p0", "p1", "p2"], ["p6"]]
+    assert [m.id for m in relay.pending] == ["p3", "p4", "p5"]
+    broker.refuse.clear()
+    assert await relay.publish_some() is True
+    assert broker.messages[-1] == ["p3", "p4", "p5"]
 
 
 @pytest.mark.parametrize("error", [RuntimeError("database is locked"), asyncio.CancelledError()])
