@@ -14,6 +14,7 @@ Guarantees every implementation states against these:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -67,3 +68,9 @@ class BaseBroker:
 
     async def close(self) -> None:
         """Release connections; in-flight ``publish`` calls may fail."""
+
+
+def task_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not just a future it awaited)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gatewaysite import metrics
-from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
+from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler, task_cancelled
 from push_app.messages import TAG_PUSH, Message, PushMessage, encode, encode_batch
 
 logger = logging.getLogger("gateway.broker.redis")
@@ -104,6 +104,10 @@ class RedisBroker(BaseBroker):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                if task_cancelled():
+                    # redis-py can turn a cancelled XREAD into a connection error (once the
+                    # client is closed under it): this loop is over, not failing.
+                    raise asyncio.CancelledError from exc
                 self.consuming = False
                 metrics.bound(self.node_id).consume_errors.inc()
                 logger.warning("redis stream read failed (%s); retrying in %.1f s", exc, delay)

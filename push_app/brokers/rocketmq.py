@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from gatewaysite import metrics
-from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
+from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler, task_cancelled
 from push_app.messages import (
     TAG_CONTROL,
     TAG_PUSH,
@@ -189,7 +189,7 @@ class RocketMQBroker(BaseBroker):
                     consumer.receive_async(self.batch, self.invisible_duration_s)
                 )
             except asyncio.CancelledError:
-                if _task_cancelled():
+                if task_cancelled():
                     raise
                 # Not this task: the client cancelled the receive because the consumer was
                 # shut down, replaced by the other receiver's rebuild. Go on with the new one.
@@ -317,12 +317,6 @@ def _log_ack_failure(count: int, future: Any) -> None:
     if response.status.code != Code.OK or failed:
         logger.warning("ack of %d message(s) refused for %d (they will come again): %s",
                        count, len(failed) or count, response.status.message)
-
-
-def _task_cancelled() -> bool:
-    """Whether the running task itself is being cancelled (not just a future it awaited)."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
 
 
 def _describe(exc: BaseException) -> str:
