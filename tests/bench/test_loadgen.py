@@ -7,10 +7,9 @@ import asyncio
 import base64
 import hashlib
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import websockets
@@ -24,8 +23,7 @@ from bench.loadgen import (
     sent_time,
     wait_received,
 )
-from bench.run import token
-from tests.support.gateway import JWT_SECRET, REPO, free_port
+from bench.run import baseline, token
 
 
 class FakeTransport(asyncio.Transport):
@@ -308,19 +306,9 @@ def test_sent_time() -> None:
 
 
 @pytest.fixture
-def baseline_port() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.baseline_server", str(port), JWT_SECRET], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == b"ready"
+def baseline_port(tmp_path: Path) -> Iterator[int]:
+    with baseline(tmp_path) as (port, _pid):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.e2e
