@@ -23,8 +23,8 @@ Under either server the garbage collector is tuned once the application is loade
 (``settle_garbage_collector``), and the servers send no keepalive pings of their own: the
 contract's heartbeat already has every client send a frame each interval (which keeps
 proxies' and NATs' idle timers fresh) and closes a silent one with 4008, so protocol pings
-would only add a timer, a frame and its answer per connection every 20 s (a third of the
-CPU of 19,000 idle connections).
+would only add a timer, a frame and its answer per connection every 20 s (with the other
+idle savings here, 19,000 idle connections under uvicorn went from 15 to 7 % of a core).
 
 uvicorn (``--server uvicorn``, the faster option): websockets' sans-I/O protocol, uvloop,
 httptools, no per-message deflate (it costs CPU per frame for JSON this small), the same

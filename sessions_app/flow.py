@@ -39,7 +39,7 @@ nothing on the hot path.
 A frame that goes to many connections (a push) is encoded once (``frames.wire``) and, where
 the buffer answers ``WRITE``, written as those bytes straight to the connection's transport
 (``write_wire``) instead of going through the server's ``send``, which re-encodes it for
-each recipient (half of the server's CPU per delivery under either server). That is safe
+each recipient (under uvicorn 16.4 → 11.8 µs of CPU per delivery). That is safe
 only while the server's protocol would write the frame unchanged itself: the connection is
 open, not closing, and no extension (per-message deflate) rewrites frames; ``write_wire``
 checks that on every call and otherwise declines, and the frame goes through ``send``.
