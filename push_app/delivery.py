@@ -21,7 +21,14 @@ from gatewaysite import metrics
 from gatewaysite.conf import gateway_settings
 from gatewaysite.logs import push_id_var
 from push_app.ledger import DeliveryLedger
-from push_app.messages import BadMessage, ControlMessage, Message, PushMessage, decode_many
+from push_app.messages import (
+    BadMessage,
+    ControlMessage,
+    Message,
+    PushMessage,
+    decode_many,
+    encode,
+)
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.registry import ChannelSession, SessionManager
@@ -65,7 +72,10 @@ class Deliverer:
         self.started_ms = self.clock_ms() if started_ms is None else started_ms
         self._seen: OrderedDict[str, None] = OrderedDict()
 
-    async def handle_raw(self, raw: bytes) -> None:
+    async def handle_raw(self, raw: bytes | Message) -> None:
+        if isinstance(raw, PushMessage | ControlMessage):  # from the local broker
+            await self.handle(raw)
+            return
         try:
             messages = decode_many(raw)
         except BadMessage as exc:
@@ -151,7 +161,9 @@ class ChannelLayerForwarder:
         self.channel_layer = channel_layer
         self.forwarded = metrics.bound(node_id or gateway_settings.node_id).forwarded
 
-    async def __call__(self, raw: bytes) -> None:
+    async def __call__(self, raw: bytes | Message) -> None:
+        if not isinstance(raw, bytes):
+            raw = encode(raw)
         await self.channel_layer.group_send(
             NODE_GROUP, {"type": "gateway.message", "raw": raw, "forwarded_at": self.clock()}
         )

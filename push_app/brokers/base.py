@@ -20,8 +20,10 @@ from typing import Any
 
 from push_app.messages import Message, PushMessage
 
-#: Receives the raw bytes of one broker message; decoding belongs to the delivery side.
-Handler = Callable[[bytes], Awaitable[None]]
+#: Receives the raw bytes of one broker message (decoding belongs to the delivery side), or,
+#: from the in-process ``local`` broker, the message itself: it crosses no wire, and its
+#: JSON round trip was a seventh of the node's event-loop time under load.
+Handler = Callable[[bytes | Message], Awaitable[None]]
 
 
 class BrokerUnavailable(Exception):

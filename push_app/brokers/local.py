@@ -1,8 +1,9 @@
 """The ``local`` broker: one process, no service, for the embedded default and tests.
 
 Like Django's locmem mail backend it keeps an ``outbox`` of what was published, which tests
-read. Guarantee: a published message reaches every consumer of this process exactly once,
-in order; nothing survives the process, and other processes never see it.
+read. Messages are handed over as they are (frozen dataclasses), never encoded. Guarantee:
+a published message reaches every consumer of this process exactly once, in order; nothing
+survives the process, and other processes never see it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
-from push_app.messages import Message, encode
+from push_app.messages import Message
 
 
 class LocalBroker(BaseBroker):
@@ -19,21 +20,20 @@ class LocalBroker(BaseBroker):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.outbox: list[bytes] = []
+        self.outbox: list[Message] = []
         self.available = True  # tests flip this to play an outage
-        self._queues: list[asyncio.Queue[bytes]] = []
+        self._queues: list[asyncio.Queue[Message]] = []
 
     async def publish(self, message: Message) -> None:
         if not self.available:
             raise BrokerUnavailable("local broker switched off")
-        raw = encode(message)
-        self.outbox.append(raw)
+        self.outbox.append(message)
         del self.outbox[:-1000]  # keep the last thousand for inspection, not forever
         for queue in self._queues:
-            queue.put_nowait(raw)
+            queue.put_nowait(message)
 
     async def consume(self, handler: Handler) -> None:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue: asyncio.Queue[Message] = asyncio.Queue()
         self._queues.append(queue)
         self.consuming = True
         try:

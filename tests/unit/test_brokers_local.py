@@ -8,7 +8,7 @@ from django.test import override_settings
 
 from push_app.brokers import BACKENDS, BaseBroker, BrokerUnavailable, create_broker
 from push_app.brokers.local import LocalBroker
-from push_app.messages import PushMessage, decode, encode
+from push_app.messages import Message, PushMessage
 
 
 def push(push_id: str) -> PushMessage:
@@ -19,7 +19,7 @@ async def test_publish_keeps_an_outbox():
     broker = LocalBroker(node_id="n1")
     await broker.publish(push("p1"))
     await broker.publish(push("p2"))
-    assert broker.outbox == [encode(push("p1")), encode(push("p2"))]
+    assert broker.outbox == [push("p1"), push("p2")]
 
 
 async def test_outbox_keeps_the_last_thousand():
@@ -27,8 +27,8 @@ async def test_outbox_keeps_the_last_thousand():
     for i in range(1005):
         await broker.publish(push(f"p{i}"))
     assert len(broker.outbox) == 1000
-    assert decode(broker.outbox[0]).id == "p5"
-    assert decode(broker.outbox[-1]).id == "p1004"
+    assert broker.outbox[0].id == "p5"
+    assert broker.outbox[-1].id == "p1004"
 
 
 async def test_outage_refuses_publish_and_check():
@@ -47,8 +47,8 @@ async def test_every_consumer_gets_every_message_once_in_order():
     got: dict[str, list[str]] = {"a": [], "b": []}
 
     def handler(name):
-        async def handle(raw: bytes) -> None:
-            got[name].append(decode(raw).id)
+        async def handle(message: Message) -> None:
+            got[name].append(message.id)
         return handle
 
     tasks = [asyncio.create_task(broker.consume(handler(name))) for name in got]
@@ -72,10 +72,10 @@ async def test_every_consumer_gets_every_message_once_in_order():
 async def test_messages_published_before_consuming_are_not_replayed():
     broker = LocalBroker(node_id="n1")
     await broker.publish(push("before"))
-    got: list[bytes] = []
+    got: list[Message] = []
 
-    async def handle(raw: bytes) -> None:
-        got.append(raw)
+    async def handle(message: Message) -> None:
+        got.append(message)
 
     task = asyncio.create_task(broker.consume(handle))
     await asyncio.sleep(0)
@@ -83,7 +83,7 @@ async def test_messages_published_before_consuming_are_not_replayed():
     await asyncio.sleep(0.01)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert [decode(raw).id for raw in got] == ["after"]
+    assert [m.id for m in got] == ["after"]
 
 
 def test_create_broker_by_name():

@@ -17,7 +17,7 @@ from push_app.delivery import (
     Deliverer,
 )
 from push_app.ledger import DeliveryLedger
-from push_app.messages import ControlMessage, PushMessage, encode
+from push_app.messages import ControlMessage, PushMessage, encode, encode_batch
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder
 from sessions_app.registry import SessionManager
@@ -198,3 +198,22 @@ async def test_listener_delivers_what_the_forwarder_sends(setup: Setup):
         await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
     assert not layer.groups.get(NODE_GROUP)
+
+
+async def test_handle_raw_takes_a_message_object_or_a_batch_of_bytes(setup: Setup):
+    session = setup.add("u1", "s1")
+    await setup.deliverer.handle_raw(push("direct"))  # what the local broker hands over
+    await setup.deliverer.handle_raw(encode_batch([push("b1"), push("b2"), push("direct")]))
+    assert [json.loads(f)["id"] for f in session.connection.frames] == ["direct", "b1", "b2"]
+    assert setup.skipped("duplicate") == 1
+
+
+async def test_forwarder_encodes_a_message_object():
+    sent = []
+
+    class Layer:
+        async def group_send(self, group, message):
+            sent.append(message["raw"])
+
+    await ChannelLayerForwarder(Layer(), node_id="fwd-node")(push())
+    assert sent == [encode(push())]

@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from push_app import relay as relay_module
 from push_app.brokers.base import BrokerUnavailable
 from push_app.brokers.local import LocalBroker
-from push_app.messages import ControlMessage, PushMessage, decode, decode_many, encode, encode_batch
+from push_app.messages import ControlMessage, PushMessage, decode_many, encode, encode_batch
 from push_app.models import PushLog, PushStatus
 from push_app.relay import TTL_FAILURE, Relay
 from push_app.services import push_message
@@ -58,7 +58,7 @@ def make_relay(db=None, *, node_id: str = "n1",
 
 
 def published_ids(broker: LocalBroker) -> list[str]:
-    return [decode(raw).id for raw in broker.outbox]
+    return [m.id for m in broker.outbox]
 
 
 def make_log(push_id: str, *, node: str = "n1", age_s: float = 60.0, ttl_s: int | None = None,
@@ -92,7 +92,7 @@ async def test_pushes_wait_while_the_broker_is_down_and_go_out_in_order():
     assert relay.backlog == 0
     assert published_ids(broker) == ["p0", "p1", "p2"]
     # The relay stamps each push with the moment it handed it over.
-    assert {decode(raw).published_ms for raw in broker.outbox} == {int((NOW + 5) * 1000)}
+    assert {m.published_ms for m in broker.outbox} == {int((NOW + 5) * 1000)}
     db = relay.db
     await relay.flush()
     assert db.calls == [("_record_outcomes", (["p0", "p1", "p2"], []))]
@@ -243,7 +243,7 @@ async def test_control_orders_are_dropped_after_their_ttl():
     await relay.flush()
     assert relay.db.calls == []
     # Orders are not stamped (they have no published_ms).
-    assert isinstance(decode(broker.outbox[0]), ControlMessage)
+    assert isinstance(broker.outbox[0], ControlMessage)
 
 
 @pytest.mark.django_db(transaction=True)
