@@ -390,3 +390,9 @@ def test_idle_rows_are_divided_by_the_bare_server_and_it_meets_no_target() -> No
     parsed = report.parse(json.dumps(line) for line in [META, base])
     idle_verdicts = [v for v in report.evaluate(parsed.results) if "idle" in v.target]
     assert idle_verdicts and all(v.status != "met" for v in idle_verdicts)
+
+
+def test_a_note_in_the_meta_line_is_shown() -> None:
+    lines = report.measured_line({**META, "note": "two runs merged"}, "x.jsonl")
+    assert "Note: two runs merged." in lines
+    assert not any(line.startswith("Note:") for line in report.measured_line(META, "x.jsonl"))
