@@ -118,11 +118,15 @@ class Deliverer:
             if message.users is None
             else registry.sessions_of(message.users)
         )
-        frame = message.frame()
-        wire = frames.wire(frame)
+        # Built once, and only on a node that holds a target: in a cluster every node
+        # receives every push, and most targeted ones are for users connected elsewhere.
+        encoded: tuple[str, bytes] | None = None
         sent = 0
         for session in targets:
-            if await session.connection.send_frame(frame, wire):
+            if encoded is None:
+                frame = message.frame()
+                encoded = (frame, frames.wire(frame))
+            if await session.connection.send_frame(*encoded):
                 sent += 1
         if sent:
             self.ledger.delivered(message.id, sent)
