@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -113,6 +114,28 @@ def baseline(workdir: Path) -> Iterator[tuple[int, int]]:
         proc.wait(10)
 
 
+@dataclasses.dataclass
+class Target:
+    """The server a scenario measures: the gateway (``gw``) or the bare baseline."""
+
+    ws_url: str
+    pid: int
+    port: int
+    gw: GatewayProcess | None = None
+
+
+@contextlib.contextmanager
+def server_under_test(server: str, env: dict[str, str], workdir: Path) -> Iterator[Target]:
+    """``server="baseline"``: the bare ``websockets`` server; otherwise a gateway node."""
+    if server == "baseline":
+        with baseline(workdir) as (port, pid):
+            yield Target(ws_url=f"ws://127.0.0.1:{port}/ws/", pid=pid, port=port)
+    else:
+        with gateway(env, workdir) as gw:
+            assert gw.proc is not None
+            yield Target(ws_url=gw.ws_url, pid=gw.proc.pid, port=gw.port, gw=gw)
+
+
 class Pusher:
     """Sends pushes at a steady rate: REST to the gateway, or control frames to the baseline."""
 
@@ -186,17 +209,15 @@ async def fanout(*, server: str, clients: int, rate: float, duration_s: float, b
     run_id = f"{os.getpid()}-{time.monotonic_ns() % 10**6}"
     users = [f"{run_id}-u{i}" for i in range(clients)]
     stats = Stats()
-    cm: Any = baseline(workdir) if server == "baseline" else gateway(env, workdir)
-    with cm as handle:
-        if server == "baseline":
-            port, pid = handle
-            ws_url, control = f"ws://127.0.0.1:{port}/ws/", await websockets.connect(
-                f"ws://127.0.0.1:{port}/control", compression=None)
+    with server_under_test(server, env, workdir) as target:
+        ws_url, pid = target.ws_url, target.pid
+        if target.gw is None:
+            control = await websockets.connect(
+                f"ws://127.0.0.1:{target.port}/control", compression=None)
             pusher = Pusher(control=control, batch=batch)
         else:
-            gw = handle
-            ws_url, pid, control = gw.ws_url, gw.proc.pid, None
-            pusher = Pusher(gw=gw, batch=batch)
+            control = None
+            pusher = Pusher(gw=target.gw, batch=batch)
         meter = ProcessMeter(pid)
         conns, connect = await connect_many([f"{ws_url}?token={token(u)}" for u in users], stats)
         rss_before = meter.rss_kb()
@@ -238,14 +259,9 @@ async def idle(*, clients: int, duration_s: float, ping_every_s: float, env: dic
     answers the same heartbeat: the floor the gateway's figures are compared with.
     """
     stats = Stats()
-    cm: Any = baseline(workdir) if server == "baseline" else gateway(env, workdir)
-    with cm as handle:
-        if server == "baseline":
-            port, pid = handle
-            ws_url = f"ws://127.0.0.1:{port}/ws/"
-        else:
-            ws_url, pid = handle.ws_url, handle.proc.pid
-        meter = ProcessMeter(pid)
+    with server_under_test(server, env, workdir) as target:
+        ws_url = target.ws_url
+        meter = ProcessMeter(target.pid)
         rss_empty = meter.rss_kb()
         urls = [f"{ws_url}?token={token(f'u{i}')}" for i in range(clients)]
         conns, connect = await connect_many(urls, stats, ping_every_s=ping_every_s,
