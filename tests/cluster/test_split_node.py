@@ -80,7 +80,13 @@ def test_split_node_runs_as_two_processes(cluster: Cluster) -> None:
     b = cluster.nodes["b"]
     assert len(b.procs) == 2
     assert "daphne" in b.procs[0].args and "runconsumer" in b.procs[1].args
-    assert "consumer for node " + b.node_id + " started" in b.log()
+    # The web process answers /readyz without waiting for its consumer process, which may
+    # still be starting its broker client: wait (bounded) for the consumer's own line.
+    line = "consumer for node " + b.node_id + " started"
+    deadline = time.monotonic() + 30
+    while line not in b.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert line in b.log()
 
 
 async def test_push_posted_to_a_reaches_a_client_on_split_b(cluster: Cluster,
