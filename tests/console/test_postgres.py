@@ -64,3 +64,28 @@ def test_user_search_and_dashboard_on_postgresql(pg_env: dict[str, str]) -> None
     series = out["dashboard"]["series"]
     assert len(series) == 60 and sum(b["failed"] for b in series) == 3
     assert len(out["dashboard"]["failures"]) == 3
+
+
+LOCKOUT_SCRIPT = """
+import json
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+assert connection.vendor == "postgresql", connection.vendor
+User.objects.create_user("ops", password="right-password-123", is_staff=True)
+def login(password, ip):
+    client = Client(HTTP_HOST="127.0.0.1")
+    response = client.post("/admin/login/", {"username": "ops", "password": password,
+                                            "next": "/admin/"}, REMOTE_ADDR=ip)
+    return response.status_code, "_auth_user_id" in client.session
+for _ in range(8):
+    login("wrong", "203.0.113.9")
+print(json.dumps({"attacker": login("right-password-123", "203.0.113.9"),
+                  "office": login("right-password-123", "198.51.100.7")}))
+"""
+
+
+def test_admin_login_lockout_on_postgresql(pg_env: dict[str, str]) -> None:
+    """django-axes' attempts live in the database: the lockout holds on PostgreSQL too."""
+    out = json.loads(manage(pg_env, "shell", "-c", LOCKOUT_SCRIPT).strip().splitlines()[-1])
+    assert out == {"attacker": [429, False], "office": [302, True]}
