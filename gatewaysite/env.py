@@ -59,9 +59,41 @@ def node_id() -> str:
 
 
 def data_dir() -> Path:
+    """The data directory, created if missing and made private (0700).
+
+    It holds the SQLite database (payloads, session keys, API key hashes) and the
+    generated secrets: nobody but the node's user has any business in it.
+    """
     path = Path(text("GATEWAY_DATA_DIR", "./var")).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_private(path, 0o700)
     return path
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty with mode 0600 if missing, or narrow an existing one to 0600.
+
+    For the SQLite database: sqlite creates its ``-wal``, ``-shm`` and ``-journal`` files
+    with the mode of the database file, so a database made 0600 before sqlite first opens
+    it keeps all of them private, whatever the umask.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _make_private(path, 0o600)
+    else:
+        os.close(fd)
+    return path
+
+
+def _make_private(path: Path, mode: int) -> None:
+    # Narrow only: a stricter mode the operator chose is kept.
+    current = path.stat().st_mode & 0o777
+    if current & ~mode:
+        try:
+            path.chmod(current & mode)
+        except OSError as exc:  # not ours (a shared mount): say so, do not refuse to start
+            logger.warning("could not make %s private (mode %o): %s", path, current, exc)
 
 
 @dataclass(frozen=True)
@@ -92,8 +124,12 @@ def load_secrets(directory: Path) -> Secrets:
             stored[key] = secrets.token_urlsafe(48)
             changed = True
     if changed:
-        path.write_text(json.dumps(stored, indent=2))
-        path.chmod(0o600)
+        # Written through a 0600 descriptor: never readable by others, not even between
+        # the write and a chmod.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(stored, indent=2))
+        _make_private(path, 0o600)
         logger.warning(
             "Generated secrets into %s. Set DJANGO_SECRET_KEY and GATEWAY_JWT_SECRET to the "
             "same values on every node of a cluster.",

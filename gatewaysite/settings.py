@@ -81,6 +81,9 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    if DATABASES["default"]["NAME"] and str(DATABASES["default"]["NAME"]) != ":memory:":
+        # 0600 before sqlite first opens it; its -wal and -shm files inherit that mode.
+        env.private_file(Path(DATABASES["default"]["NAME"]))
     # WAL lets the admin read while the node writes its batches; IMMEDIATE transactions
     # wait (up to the timeout) for the write lock instead of failing at once with
     # "database is locked" when a read turns into a write.
