@@ -102,5 +102,13 @@ class GatewaySettings:
     def connections_ceiling(self) -> int:
         return int(settings.GATEWAY_CONNECTIONS_CEILING)
 
+    @property
+    def metrics_allow(self) -> tuple[str, ...]:
+        return tuple(settings.GATEWAY_METRICS_ALLOW)
+
+    @property
+    def metrics_token(self) -> str:
+        return str(settings.GATEWAY_METRICS_TOKEN)
+
 
 gateway_settings = GatewaySettings()

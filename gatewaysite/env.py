@@ -6,6 +6,7 @@ Settings import this module once; the rest of the code reads Django settings (th
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -52,6 +53,17 @@ def flag(name: str, default: bool = False) -> bool:
 
 def csv(name: str, default: str) -> list[str]:
     return [item.strip() for item in text(name, default).split(",") if item.strip()]
+
+
+def cidrs(name: str, default: str) -> list[str]:
+    """Comma-separated networks (``10.0.0.0/8``, ``::1/128``, or a bare address)."""
+    values = csv(name, default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {value!r} is not a network (CIDR)") from exc
+    return values
 
 
 def node_id() -> str:

@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from gatewaysite import metrics
+from gatewaysite import metrics, metrics_access
 from gatewaysite.node import Node, get_node
 from push_app.delivery import LOCAL_CHANNEL_PREFIX
 
@@ -69,6 +69,13 @@ async def readyz(request: HttpRequest) -> HttpResponse:
 
 
 async def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not metrics_access.allowed(peer=request.META.get("REMOTE_ADDR"),
+                                  authorization=request.headers.get("Authorization")):
+        return JsonResponse(
+            {"error": "forbidden", "detail": "metrics are open to GATEWAY_METRICS_ALLOW "
+                                             "or a bearer GATEWAY_METRICS_TOKEN"},
+            status=403,
+        )
     if metrics.MULTIPROC_DIR:
         # Reads every process's files: off the event loop.
         body = await sync_to_async(metrics.render, thread_sensitive=False)()

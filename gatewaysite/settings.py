@@ -209,6 +209,12 @@ GATEWAY_RETENTION_SESSION_DAYS = env.integer("GATEWAY_RETENTION_SESSION_DAYS", 7
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_REQUEST_BYTES + 1024 * 1024
 
 # --- Monitoring and alerting (docs/monitoring.md) --------------------------------------
+# Who may read /metrics (gatewaysite/metrics_access.py): peers in these networks, or a bearer
+# of the token (unset: no token opens it).
+GATEWAY_METRICS_ALLOW = env.cidrs(
+    "GATEWAY_METRICS_ALLOW", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+)
+GATEWAY_METRICS_TOKEN = env.text("GATEWAY_METRICS_TOKEN", "")
 # Connections a node is sized for: gateway_connections_ceiling, and the alert near it.
 GATEWAY_CONNECTIONS_CEILING = env.integer("GATEWAY_CONNECTIONS_CEILING", 10_000, minimum=0)
 # `manage.py runalerts`: where to notify, how often to look, and the thresholds.
