@@ -22,6 +22,28 @@ SECRET_KEY = _secrets.django_secret_key
 DEBUG = env.flag("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env.csv("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
+# HTTPS (docs/security.md). Off by default: the embedded default serves plain
+# http://127.0.0.1. DJANGO_HTTPS=on says the public URL is https, with TLS terminated by a
+# reverse proxy in front of the node (rungateway speaks plain HTTP): cookies become
+# secure-only and plain HTTP is redirected, except the endpoints that probes and scrapers
+# reach on the node's own port. The proxy must set X-Forwarded-Proto (overwriting any the
+# client sent): it is how the node tells that a request came over TLS.
+HTTPS = env.flag("DJANGO_HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = HTTPS
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# HSTS: off until the operator is sure every client reaches the host over HTTPS (browsers
+# then refuse plain HTTP to it for that long; it cannot be taken back early).
+SECURE_HSTS_SECONDS = env.integer("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0)
+# Covers subdomains of the gateway's own host name, which a gateway rarely has.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.flag("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SILENCED_SYSTEM_CHECKS = [
+    # "SECURE_HSTS_PRELOAD is not set": the browsers' preload list takes registrable
+    # domains; a gateway is normally one host name under its owner's domain, whose
+    # preloading is the domain owner's decision, not this service's.
+    "security.W021",
+]
+
 INSTALLED_APPS = [
     "daphne",
     # Django's admin with the operator console as its site (gatewaysite/admin_site.py).
