@@ -2,11 +2,21 @@
 
 Hand-written rather than DRF serializers: these run on every push, and the errors must
 name the exact field and limit. Nothing here touches the database.
+
+A body is accepted only if every later stage accepts it (PROTOCOL.md section 2): storable
+(the database takes only valid UTF-8), encodable, and parseable back by every client. So
+anywhere in a body: no lone surrogates (``"\\ud800"`` parses in Python, but no database,
+UTF-8 encoder or strict client takes it), no NaN or Infinity (including a number that
+overflows a double, such as ``1e999`` or a 400-digit integer, which JavaScript reads as
+Infinity), and at most ``MAX_DEPTH`` levels of arrays and objects counting the request body
+as level 1. Checked here, field by field, so that the error names the field and, in a
+batch, only the bad item fails.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +26,15 @@ from sessions_app.tokens import valid_user_id
 MAX_TTL_S = 7 * 24 * 3600
 MAX_TOPIC_CHARS = 200
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: Levels of arrays and objects in a request body, the body itself being level 1.
+MAX_DEPTH = 64
+#: Levels of the batch body around each item: ``{"pushes": [item]}``.
+BATCH_ITEM_LEVEL = 3
 #: ``json.dumps(data, separators=(",", ":"), ensure_ascii=False)``, without building an
-#: encoder on every call (this runs for every push).
-_encode_data = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: encoder on every call (this runs for every push). ``allow_nan=False`` only as a second
+#: guard: ``unfit`` has already refused what it would refuse.
+_encode_data = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                                allow_nan=False).encode
 
 
 class RequestInvalid(Exception):
@@ -50,14 +66,82 @@ def _invalid(field: str, message: str) -> RequestInvalid:
     return RequestInvalid(f"{field}: {message}", fields={field: message})
 
 
-def push_request(body: Any) -> PushRequest:
-    """One push body (PROTOCOL.md section 2) or ``RequestInvalid``."""
+def _has_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def printable(name: str) -> str:
+    """A field name as an error may show it: errors are sent as UTF-8."""
+    return name.encode("utf-8", "backslashreplace").decode() if _has_surrogate(name) else name
+
+
+def _overflows_double(number: int) -> bool:
+    if number.bit_length() <= 1023:  # fast path: far below the largest double
+        return False
+    try:
+        float(number)  # rounds as a client's parser does: OverflowError if it reaches inf
+    except OverflowError:
+        return True
+    return False
+
+
+def unfit(value: Any, *, level: int) -> str | None:
+    """Why ``value``, found at nesting ``level`` of a request body, cannot be accepted
+    (see the module docstring), or None. Iterative, so that no depth of nesting reaches
+    Python's recursion limit."""
+    # Each entry: a container and its level. The value itself is wrapped, so that a
+    # scalar is checked by the same loop.
+    todo: list[tuple[Any, int]] = [([value], level - 1)]
+    while todo:
+        container, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels of arrays and objects"
+        if type(container) is dict:
+            for key in container:
+                if _has_surrogate(key):
+                    return "contains a lone surrogate (not valid UTF-8)"
+            items = container.values()
+        else:
+            items = container
+        for item in items:
+            kind = type(item)
+            if kind is dict or kind is list:
+                todo.append((item, depth + 1))
+            elif kind is str:
+                if _has_surrogate(item):
+                    return "contains a lone surrogate (not valid UTF-8)"
+            elif kind is float:
+                if not math.isfinite(item):
+                    return "contains NaN or Infinity, or a number too large for a double"
+            elif kind is int and _overflows_double(item):
+                return "contains a number too large for a double (clients would read Infinity)"
+    return None
+
+
+def _check_fields(body: dict[str, Any], *, level: int) -> None:
+    """``RequestInvalid`` naming the first field of ``body`` whose value is unfit."""
+    for name, value in body.items():
+        why = unfit(value, level=level + 1)
+        if why is not None:
+            raise _invalid(printable(name), why)
+
+
+def push_request(body: Any, *, level: int = 1) -> PushRequest:
+    """One push body (PROTOCOL.md section 2) or ``RequestInvalid``; ``level``: where the
+    body sits in the request body (1: it is the request body)."""
     if not isinstance(body, dict):
         raise RequestInvalid("a push must be a JSON object")
     unknown = set(body) - {"users", "broadcast", "data", "topic", "ttl", "idempotency_key"}
     if unknown:
         name = sorted(unknown)[0]
-        raise _invalid(name, "unknown field")
+        raise _invalid(printable(name), "unknown field")
+    _check_fields(body, level=level)
     if "data" not in body:
         raise _invalid("data", "required")
     broadcast = body.get("broadcast", False)
@@ -112,7 +196,7 @@ def batch_requests(
     good: list[tuple[int, PushRequest]] = []
     for index, item in enumerate(items):
         try:
-            good.append((index, push_request(item)))
+            good.append((index, push_request(item, level=BATCH_ITEM_LEVEL)))
         except RequestInvalid as exc:
             results[index] = {"error": exc.code, "detail": exc.detail}
     return results, good
@@ -140,6 +224,7 @@ class TokenRequest:
 def token_request(body: Any) -> TokenRequest:
     if not isinstance(body, dict):
         raise RequestInvalid("body must be a JSON object")
+    _check_fields(body, level=1)
     user = body.get("user")
     if not valid_user_id(user):
         raise _invalid("user", "required: 1-128 of A-Z a-z 0-9 _ . : @ -")
@@ -160,6 +245,7 @@ def disconnect_reason(body: Any) -> str:
         return ""
     if not isinstance(body, dict):
         raise RequestInvalid("body must be a JSON object")
+    _check_fields(body, level=1)
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 200:
         raise _invalid("reason", "a string of at most 200 characters")

@@ -10,6 +10,7 @@ from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
 from gatewaysite.conf import gateway_settings
+from push_app.validation import MAX_DEPTH, printable
 
 
 class PayloadTooLarge(APIException):
@@ -42,12 +43,22 @@ def body_too_large(limit: int) -> PayloadTooLarge:
 
 
 def parse_json(raw: bytes) -> Any:
-    """A request body's JSON, or ``ParseError`` (400 ``bad_json``)."""
+    """A request body's JSON, or ``ParseError`` (400 ``bad_json``).
+
+    What parses may still be refused by ``push_app.validation`` (nesting, lone surrogates,
+    numbers that overflow): checked there, field by field, so that a batch item fails alone.
+    """
     try:
         # NaN and Infinity are not JSON: clients could not parse the frames they make.
         return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        # The C parser counts its nesting against the recursion limit and stops cleanly:
+        # such a body is far past the contract's 64 levels whatever it holds.
+        raise ParseError(
+            f"Body is nested deeper than {MAX_DEPTH} levels of arrays and objects."
+        ) from None
     except ValueError as exc:
-        raise ParseError(f"Body is not valid JSON: {exc}") from exc
+        raise ParseError(f"Body is not valid JSON: {printable(str(exc))}") from exc
 
 
 def _reject_constant(name: str) -> Any:

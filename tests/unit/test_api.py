@@ -505,3 +505,33 @@ def test_metrics_text(client, node: Node, api):
     labels = f'client="billing",node="{node.node_id}",status="accepted"'
     assert f"gateway_pushes_total{{{labels}}}" in text
     assert "# TYPE gateway_push_latency_seconds histogram" in text
+
+
+# --- bad input on the other POST routes (issue #10) ---------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"user": "u1", "meta": {"x": ' + DEEP + b"}}",
+    DEEP,
+    b'{"user": "u1", "meta": {"n": "\\ud800"}}',
+    b'{"user": "u1", "meta": {"n": 1e999}}',
+    b'{"user": "u1", "meta": {"n": ' + b"[" * 63 + b"]" * 63 + b"}}",
+], ids=["deep meta", "deep body", "surrogate meta", "1e999 meta", "65 levels"])
+def test_token_bad_input_is_400(api, raw):
+    response = api.post("/api/v1/tokens", data=raw, content_type="application/json")
+    assert response.status_code == 400, response.content[:200]
+    assert response.json()["error"] in ("invalid", "bad_json")
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"reason": ' + DEEP + b"}",
+    DEEP,
+    b'{"reason": "\\ud800"}',
+], ids=["deep reason", "deep body", "surrogate reason"])
+def test_disconnect_bad_input_is_400(api, submitted, raw):
+    response = api.post("/api/v1/users/u1/disconnect", data=raw, content_type="application/json")
+    assert response.status_code == 400, response.content[:200]
+    assert response.json()["error"] in ("invalid", "bad_json")
+    assert submitted == []

@@ -371,3 +371,76 @@ async def test_a_client_gone_before_its_body_gets_nothing(app):
     await app(scope, receive, send)
     assert sent == []
     assert await PushLog.objects.acount() == 0
+
+
+# --- bad input (issue #10): 400 from both paths, never 500 ----------------------------------
+
+def deep(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+BAD_INPUT = [
+    # (name, path, raw body): each must be a JSON 400 from the hot path and the DRF view.
+    ("topic surrogate", "/api/v1/push", b'{"users": ["u1"], "data": 1, "topic": "\\ud800"}'),
+    ("data surrogate", "/api/v1/push", b'{"users": ["u1"], "data": {"a": "x\\udc00"}}'),
+    ("data key surrogate", "/api/v1/push", b'{"users": ["u1"], "data": {"\\ud800": 1}}'),
+    ("key surrogate", "/api/v1/push",
+     b'{"users": ["u1"], "data": 1, "idempotency_key": "\\ud800"}'),
+    ("field name surrogate", "/api/v1/push", b'{"users": ["u1"], "data": 1, "\\ud800": 1}'),
+    ("1e999", "/api/v1/push", b'{"users": ["u1"], "data": 1e999}'),
+    ("-1e999", "/api/v1/push", b'{"users": ["u1"], "data": [-1e999]}'),
+    ("huge int", "/api/v1/push", b'{"users": ["u1"], "data": 1' + b"0" * 400 + b"}"),
+    ("65 levels", "/api/v1/push", b'{"users": ["u1"], "data": ' + deep(64) + b"}"),
+    ("100k levels", "/api/v1/push", b'{"users": ["u1"], "data": ' + deep(100_000) + b"}"),
+    ("100k levels body", "/api/v1/push", deep(100_000)),
+    ("100k levels batch", "/api/v1/push/batch", b'{"pushes": ' + deep(100_000) + b"}"),
+    ("unterminated 100k", "/api/v1/push", b"[" * 100_000),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "raw"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+async def test_bad_input_is_a_json_400_on_both_paths(app, name, path, raw):
+    _, key = await new_key()
+
+    def drf() -> Any:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        return client.post(path, data=raw, content_type="application/json")
+
+    theirs = await sync_to_async(drf)()
+    ours = await call(app, path, raw=raw, key=key)
+    assert ours.status == theirs.status_code == 400, (ours.content[:200], theirs.content[:200])
+    assert ours.json() == theirs.json()
+    assert ours.json()["error"] in ("invalid", "bad_json")
+    assert await PushLog.objects.acount() == 0
+
+
+async def test_64_levels_pass_on_both_paths(app):
+    _, key = await new_key()
+    raw = b'{"users": ["u1"], "data": ' + deep(63) + b"}"
+    ours = await call(app, "/api/v1/push", raw=raw, key=key)
+    assert ours.status == 202, ours.content
+
+
+async def test_a_poison_item_fails_alone_in_a_batch(app, node: Node):
+    _, key = await new_key()
+    raw = (b'{"pushes": [{"users": ["u1"], "data": 1}, '
+           b'{"users": ["u1"], "data": 2, "topic": "\\ud800"}, {"users": ["u2"], "data": 3}]}')
+    answer = await call(app, "/api/v1/push/batch", raw=raw, key=key)
+    assert answer.status == 202, answer.content
+    first, bad, last = answer.json()["results"]
+    assert bad["error"] == "invalid" and "topic" in bad["detail"]
+    assert {log.id async for log in PushLog.objects.all()} == {first["id"], last["id"]}
+
+
+async def test_a_poison_push_harms_no_other_clients_pushes(app):
+    # Concurrent requests share a group commit: the bad one must not fail the others.
+    _, key = await new_key()
+    _, other = await new_key("shop")
+    poison = b'{"users": ["u1"], "data": 1, "topic": "\\ud800"}'
+    answers = await asyncio.gather(
+        *(call(app, "/api/v1/push", {"users": ["u2"], "data": n}, key=other) for n in range(5)),
+        call(app, "/api/v1/push", raw=poison, key=key),
+    )
+    assert [a.status for a in answers] == [202] * 5 + [400]
+    assert await PushLog.objects.acount() == 5

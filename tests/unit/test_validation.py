@@ -198,3 +198,93 @@ def test_errors_name_the_field_in_the_detail():
     exc = validation._invalid("ttl", "bad")
     assert exc.detail == "ttl: bad"
     assert exc.fields == {"ttl": "bad"}
+
+
+# --- what every later stage accepts (issue #10): storable, encodable, parseable ---------
+
+def nested(levels: int, leaf: object = 1) -> object:
+    """``levels`` arrays around ``leaf``, built without recursion."""
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+SURROGATE = "\ud800"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"users": ["u"], "data": 1, "topic": SURROGATE}, "topic"),
+    ({"users": ["u"], "data": 1, "topic": "ok" + SURROGATE}, "topic"),
+    ({"users": ["u"], "data": SURROGATE}, "data"),
+    ({"users": ["u"], "data": {"k": ["x\udfff"]}}, "data"),
+    ({"users": ["u"], "data": {SURROGATE: 1}}, "data"),
+    ({"users": ["u"], "data": 1, "idempotency_key": SURROGATE}, "idempotency_key"),
+    ({"users": [SURROGATE], "data": 1}, "users"),
+])
+def test_lone_surrogates_are_refused_where_they_are(body, field):
+    exc = refused(push_request, body)
+    assert (exc.status, exc.code, list(exc.fields or {})) == (400, "invalid", [field])
+    exc.detail.encode()  # the error itself must be encodable: it is sent as UTF-8
+
+
+def test_an_unknown_field_named_with_a_surrogate_is_refused_with_an_encodable_error():
+    exc = refused(push_request, {"users": ["u"], "data": 1, SURROGATE: 1})
+    assert exc.status == 400
+    json.dumps(exc.fields, ensure_ascii=False).encode()
+    exc.detail.encode()
+
+
+@pytest.mark.parametrize("number", [float("inf"), float("-inf"), float("nan"), 10 ** 400,
+                                   -(10 ** 400), 2 ** 1024 - 2 ** 970],
+                         ids=["inf", "-inf", "nan", "1e400", "-1e400", "rounds-to-inf"])
+def test_numbers_that_clients_would_read_as_infinity_are_refused(number):
+    exc = refused(push_request, {"users": ["u"], "data": {"n": [number]}})
+    assert (exc.status, list(exc.fields or {})) == (400, ["data"])
+
+
+@pytest.mark.parametrize("number", [1.7976931348623157e308, 2 ** 1024 - 2 ** 970 - 1, -(2 ** 1000),
+                                    10 ** 300, 0.0, -0.5],
+                         ids=["max", "rounds-to-max", "-2^1000", "1e300", "0", "-0.5"])
+def test_large_but_finite_numbers_pass(number):
+    assert push_request({"users": ["u"], "data": number}).data_json == json.dumps(number)
+
+
+def test_nesting_is_at_most_64_levels_counting_the_body():
+    # The body is level 1, so `data` may hold 63 levels of arrays and objects.
+    assert push_request({"users": ["u"], "data": nested(63)}).data_json.count("[") == 63
+    exc = refused(push_request, {"users": ["u"], "data": nested(64)})
+    assert (exc.status, list(exc.fields or {})) == (400, ["data"])
+    assert "64" in exc.detail
+
+
+def test_very_deep_nesting_is_refused_without_recursion():
+    exc = refused(push_request, {"users": ["u"], "data": nested(200_000)})
+    assert list(exc.fields or {}) == ["data"]
+
+
+def test_batch_items_count_their_depth_from_the_batch_body():
+    # {"pushes": [ {item} ]}: the item is level 3, its data level 4.
+    items = [{"users": ["u"], "data": nested(61)}, {"users": ["u"], "data": nested(62)},
+             {"users": ["u"], "data": 1, "topic": SURROGATE}]
+    results, good = validation.batch_requests(items)
+    assert [index for index, _ in good] == [0]
+    assert results[1] is not None and results[1]["error"] == "invalid"
+    assert results[2] is not None and "topic" in results[2]["detail"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"user": "u", "meta": {"name": SURROGATE}}, "meta"),
+    ({"user": "u", "meta": {SURROGATE: 1}}, "meta"),
+    ({"user": "u", "meta": {"n": float("inf")}}, "meta"),
+    ({"user": "u", "meta": {"n": 10 ** 400}}, "meta"),
+    ({"user": "u", "meta": {"n": nested(63)}}, "meta"),
+    ({"user": SURROGATE}, "user"),
+])
+def test_token_requests_are_checked_the_same_way(body, field):
+    assert list(refused(token_request, body).fields or {}) == [field]
+
+
+def test_disconnect_reasons_are_checked_the_same_way():
+    assert list(refused(disconnect_reason, {"reason": SURROGATE}).fields or {}) == ["reason"]
+    assert refused(disconnect_reason, {"reason": "x", "x": nested(100)}).status == 400
