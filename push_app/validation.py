@@ -91,9 +91,10 @@ def _overflows_double(number: int) -> bool:
     return False
 
 
-def unfit(value: Any, *, level: int) -> str | None:
+def unfit(value: Any, *, level: int, allow_nul: bool = True) -> str | None:
     """Why ``value``, found at nesting ``level`` of a request body, cannot be accepted
-    (see the module docstring), or None. Iterative, so that no depth of nesting reaches
+    (see the module docstring), or None; ``allow_nul=False`` refuses NUL in strings too,
+    for what is stored in JSON columns. Iterative, so that no depth of nesting reaches
     Python's recursion limit."""
     # Each entry: a container and its level. The value itself is wrapped, so that a
     # scalar is checked by the same loop.
@@ -106,6 +107,8 @@ def unfit(value: Any, *, level: int) -> str | None:
             for key in container:
                 if _has_surrogate(key):
                     return "contains a lone surrogate (not valid UTF-8)"
+                if not allow_nul and "\x00" in key:
+                    return "contains NUL"
             items = container.values()
         else:
             items = container
@@ -116,6 +119,8 @@ def unfit(value: Any, *, level: int) -> str | None:
             elif kind is str:
                 if _has_surrogate(item):
                     return "contains a lone surrogate (not valid UTF-8)"
+                if not allow_nul and "\x00" in item:
+                    return "contains NUL"
             elif kind is float:
                 if not math.isfinite(item):
                     return "contains NaN or Infinity, or a number too large for a double"
@@ -167,6 +172,8 @@ def push_request(body: Any, *, level: int = 1) -> PushRequest:
     topic = body.get("topic")
     if topic is not None and (not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_CHARS):
         raise _invalid("topic", f"a string of 1-{MAX_TOPIC_CHARS} characters")
+    if topic is not None and "\x00" in topic:  # PostgreSQL text columns refuse NUL
+        raise _invalid("topic", "must not contain NUL")
     ttl = body.get("ttl")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int)
                             or not 0 < ttl <= MAX_TTL_S):
@@ -175,6 +182,8 @@ def push_request(body: Any, *, level: int = 1) -> PushRequest:
     if key is not None and (not isinstance(key, str)
                             or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):
         raise _invalid("idempotency_key", f"a string of 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters")
+    if key is not None and "\x00" in key:
+        raise _invalid("idempotency_key", "must not contain NUL")
     data_json = _encode_data(body["data"])
     limit = gateway_settings.max_payload_bytes
     size = len(data_json.encode())
@@ -235,6 +244,9 @@ def token_request(body: Any) -> TokenRequest:
     meta = body.get("meta", {})
     if not isinstance(meta, dict):
         raise _invalid("meta", "must be a JSON object")
+    # Kept on the session in a JSON column, which PostgreSQL refuses with NUL in a string.
+    if unfit(meta, level=2, allow_nul=False) is not None:
+        raise _invalid("meta", "must not contain NUL")
     if len(json.dumps(meta)) > 2048:
         raise _invalid("meta", "at most 2048 bytes once serialised")
     return TokenRequest(user_id=str(user), ttl_s=ttl, meta=meta)

@@ -9,9 +9,17 @@ path (``services.push_create_many``), and nothing goes to the broker uncommitted
 
 While one transaction runs, the next group gathers; under load a group also waits
 ``linger_s`` (2 ms) for company. An idle node commits a lone push at once and a busy one
-commits larger groups: one commit per group instead of one per push. A failed
-transaction stores nothing of its group, and each of its requests gets 503
-(``unavailable``), as a failed per-request write does.
+commits larger groups: one commit per group instead of one per push.
+
+One push never fails another (PROTOCOL.md section 2). If the group's insert fails for
+anything but the database itself, the group is stored again with each failing slice of
+rows halved until the rows the database refuses stand alone (savepoints in one
+transaction, about two per level of halving): the others commit, and each refused push
+gets its own 400 (``unstorable``). Validation should leave no such row; this is the design's
+guarantee that a check it misses harms only the push that slipped through. A failure of the
+database as a whole (``OperationalError``, ``InterfaceError``: locked, unreachable, gone)
+stores nothing of the group and answers each of its requests 503 (``unavailable``), as a
+failed per-request write does.
 
 The same transaction re-reads the API clients of the group (one query): a client
 deactivated, deleted or given a new key since its key was looked up (the API caches
@@ -34,7 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from push_app import services
 from push_app.messages import Message, PushMessage
@@ -43,6 +51,10 @@ from push_app.validation import PushRequest, RequestInvalid
 
 logger = logging.getLogger("gateway.writer")
 DbRunner = Callable[..., Awaitable[Any]]
+#: Per push of a request, in order: its message once committed, or why it alone was refused.
+Stored = list[PushMessage | RequestInvalid]
+#: Failures of the database as a whole, not of a row: no retry, 503 for the whole group.
+DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +87,7 @@ def _revoked(client: ClientRef, row: tuple[bool, str] | None) -> ClientRevoked |
 class _Entry:
     client: ClientRef | None
     reqs: Sequence[PushRequest]
-    future: asyncio.Future[list[PushMessage]]
+    future: asyncio.Future[Stored]
 
 
 class PushWriter:
@@ -107,16 +119,17 @@ class PushWriter:
         return len(self._queue)
 
     async def write(self, *, client: ClientRef | None,
-                    reqs: Sequence[PushRequest]) -> list[PushMessage]:
-        """Store ``reqs`` (none with an idempotency key) in the next group commit; their
-        messages, in order, once committed and handed to the relay. Raises
-        ``RequestInvalid`` (503) if the transaction failed, ``ClientRevoked`` if the
-        client may no longer push."""
+                    reqs: Sequence[PushRequest]) -> Stored:
+        """Store ``reqs`` (none with an idempotency key) in the next group commit; per
+        push, in order, its message once committed and handed to the relay, or the
+        ``RequestInvalid`` (400 ``unstorable``) of a push the database refused. Raises
+        ``RequestInvalid`` (503) if the database failed, ``ClientRevoked`` if the client
+        may no longer push."""
         if self._closing:
             raise RequestInvalid("this node is stopping", code="unavailable", status=503)
         assert all(req.idempotency_key is None for req in reqs), "keyed pushes: store_keyed"
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[PushMessage]] = loop.create_future()
+        future: asyncio.Future[Stored] = loop.create_future()
         self._queue.append(_Entry(client, reqs, future))
         if self._task is None:
             # Starts on the next turn of the loop: every request that reaches this point
@@ -186,9 +199,10 @@ class PushWriter:
             if isinstance(outcome, ClientRevoked):
                 _fail(entry.future, outcome)
                 continue
-            self.stored += len(outcome)
             for message in outcome:
-                self.submit(message)
+                if isinstance(message, PushMessage):
+                    self.stored += 1
+                    self.submit(message)
             if not entry.future.done():
                 entry.future.set_result(outcome)
 
@@ -226,9 +240,23 @@ def insert_sql() -> str:
 
 
 def store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]], now_s: float,
-                node_id: str) -> list[list[PushMessage] | ClientRevoked]:
-    """Store the pushes of several requests in one transaction; per request, its messages
-    or why its client was refused. Runs on the database thread."""
+                node_id: str) -> list[Stored | ClientRevoked]:
+    """Store the pushes of several requests in one transaction; per request, its pushes'
+    messages (or each refused push's error) or why its client was refused. Runs on the
+    database thread. Raises what the database raised if it failed as a whole."""
+    try:
+        return _store_group(items, now_s, node_id, isolate=False)
+    except DATABASE_DOWN:
+        raise
+    except Exception as exc:  # a row the database refused: find it, store the others
+        logger.warning("push log group of %d push(es) refused (%r); storing the pushes "
+                       "apart from the one(s) refused",
+                       sum(len(reqs) for _, reqs in items), exc)
+        return _store_group(items, now_s, node_id, isolate=True)
+
+
+def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]],
+                 now_s: float, node_id: str, *, isolate: bool) -> list[Stored | ClientRevoked]:
     now = datetime.fromtimestamp(now_s, tz=UTC)
     accepted_ms = int(now_s * 1000)
     fields = PushLog._meta
@@ -243,30 +271,39 @@ def store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]],
     randomness = os.urandom(10 * sum(len(reqs) for _, reqs in items)).hex()
     drawn = 0
     pks = {client.pk for client, _ in items if client is not None}
-    outcomes: list[list[PushMessage] | ClientRevoked] = []
+    outcomes: list[Stored | ClientRevoked] = []
     rows: list[tuple[Any, ...]] = []
+    #: Per row: the request's outcome list and the row's place in it.
+    places: list[tuple[Stored, int]] = []
     with transaction.atomic():
         clients = _client_states(pks) if pks else {}
         for client, reqs in items:
-            refused = None if client is None else _revoked(client, clients.get(client.pk))
-            if refused is not None:
-                outcomes.append(refused)
+            revoked = None if client is None else _revoked(client, clients.get(client.pk))
+            if revoked is not None:
+                outcomes.append(revoked)
                 continue
-            messages: list[PushMessage] = []
+            messages: Stored = []
             for req in reqs:
                 push_id = id_prefix + randomness[drawn:drawn + 20]
                 drawn += 20
                 expires = now + timedelta(seconds=req.ttl_s) if req.ttl_s else None
                 users = req.users
-                rows.append((
-                    push_id, None if client is None else client.pk, status, users is None,
-                    _users_json(users) if users_text else users_field.get_db_prep_save(
-                        [] if users is None else list(users), connection),
-                    0 if users is None else len(users), req.topic, req.data_json,
-                    len(req.data_json.encode()), None, req.ttl_s,
-                    None if expires is None else time_field.get_db_prep_save(expires, connection),
-                    node_id, created_at, None, 0, 0, "",
-                ))
+                try:
+                    row = (
+                        push_id, None if client is None else client.pk, status, users is None,
+                        _users_json(users) if users_text else users_field.get_db_prep_save(
+                            [] if users is None else list(users), connection),
+                        0 if users is None else len(users), req.topic, req.data_json,
+                        len(req.data_json.encode()), None, req.ttl_s,
+                        None if expires is None
+                        else time_field.get_db_prep_save(expires, connection),
+                        node_id, created_at, None, 0, 0, "",
+                    )
+                except Exception as exc:  # a value no row can hold: this push alone fails
+                    messages.append(_unstorable(push_id, exc))
+                    continue
+                places.append((messages, len(messages)))
+                rows.append(row)
                 messages.append(PushMessage(
                     id=push_id, users=users, data_json=req.data_json, topic=req.topic,
                     accepted_ms=accepted_ms,
@@ -275,8 +312,48 @@ def store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]],
             outcomes.append(messages)
         if rows:
             with connection.cursor() as cursor:
-                cursor.executemany(insert_sql(), rows)
+                if not isolate:
+                    _insert_rows(cursor, rows)
+                    return outcomes
+                for index, error in _insert_apart(cursor, rows).items():
+                    messages, place = places[index]
+                    messages[place] = _unstorable(rows[index][0], error)
     return outcomes
+
+
+def _unstorable(push_id: str, exc: Exception) -> RequestInvalid:
+    logger.warning("push %s refused by the database: %r", push_id, exc)
+    return RequestInvalid(
+        "this push could not be stored (the database refused it: "
+        f"{exc.__class__.__name__}); the others were",
+        code="unstorable", status=400,
+    )
+
+
+def _insert_rows(cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+    cursor.executemany(insert_sql(), rows)
+
+
+def _insert_apart(cursor: Any, rows: list[tuple[Any, ...]]) -> dict[int, Exception]:
+    """Insert ``rows``, each failing slice halved in its own savepoint until the rows the
+    database refuses stand alone; their indexes and errors. A failure of the database
+    itself still raises."""
+    refused: dict[int, Exception] = {}
+    todo = [(0, len(rows))]
+    while todo:
+        start, end = todo.pop()
+        try:
+            with transaction.atomic():  # a savepoint: a failure undoes this slice only
+                _insert_rows(cursor, rows[start:end])
+        except DATABASE_DOWN:
+            raise
+        except Exception as exc:
+            if end - start == 1:
+                refused[start] = exc
+            else:
+                middle = (start + end) // 2
+                todo += [(middle, end), (start, middle)]
+    return refused
 
 
 def _users_json(users: tuple[str, ...] | None) -> str:

@@ -177,6 +177,9 @@ class PushRoutes:
             if req.idempotency_key is None:
                 services.check_relay_capacity(node.relay.backlog)
                 (message,) = await node.writer.write(client=client, reqs=[req])
+                if isinstance(message, RequestInvalid):  # the database refused this push
+                    counted.push(client.name, "rejected")
+                    raise message
                 push_id, status, targets, created = message.id, "accepted", req.targets, True
             else:
                 ((log, created),) = await store_with_keys(node, client, [req])
@@ -193,23 +196,29 @@ class PushRoutes:
     async def push_batch(self, node: Node, client: ClientRef, data: Any) -> Answer:
         items = validation.batch_items(data)
         results, good = validation.batch_requests(items)
-        new = 0
+        new = accepted = 0
         if good:
             reqs = [req for _, req in good]
+            stored: list[tuple[str, str, bool] | RequestInvalid]
             if any(req.idempotency_key is not None for req in reqs):
                 stored = [(log.id, log.status, created)
                           for log, created in await store_with_keys(node, client, reqs)]
             else:
                 services.check_relay_capacity(node.relay.backlog)
-                stored = [(m.id, "accepted", True)
+                stored = [m if isinstance(m, RequestInvalid) else (m.id, "accepted", True)
                           for m in await node.writer.write(client=client, reqs=reqs)]
-            for (index, _), (push_id, status, created) in zip(good, stored, strict=True):
+            for (index, _), outcome in zip(good, stored, strict=True):
+                if isinstance(outcome, RequestInvalid):  # the database refused this push
+                    results[index] = {"error": outcome.code, "detail": outcome.detail}
+                    continue
+                push_id, status, created = outcome
                 results[index] = {"id": push_id, "status": status}
                 new += created
+                accepted += 1
         counted = metrics.bound(node.node_id)
         counted.push(client.name, "accepted", new)
-        counted.push(client.name, "repeated", len(good) - new)
-        counted.push(client.name, "rejected", len(items) - len(good))
+        counted.push(client.name, "repeated", accepted - new)
+        counted.push(client.name, "rejected", len(items) - accepted)
         return 202, {"results": results}, {}
 
 

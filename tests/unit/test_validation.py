@@ -280,6 +280,7 @@ def test_batch_items_count_their_depth_from_the_batch_body():
     ({"user": "u", "meta": {"n": 10 ** 400}}, "meta"),
     ({"user": "u", "meta": {"n": nested(63)}}, "meta"),
     ({"user": SURROGATE}, "user"),
+    ({"user": "u", "meta": {"n": "a\x00"}}, "meta"),
 ])
 def test_token_requests_are_checked_the_same_way(body, field):
     assert list(refused(token_request, body).fields or {}) == [field]
@@ -288,3 +289,11 @@ def test_token_requests_are_checked_the_same_way(body, field):
 def test_disconnect_reasons_are_checked_the_same_way():
     assert list(refused(disconnect_reason, {"reason": SURROGATE}).fields or {}) == ["reason"]
     assert refused(disconnect_reason, {"reason": "x", "x": nested(100)}).status == 400
+
+
+@pytest.mark.parametrize("field", ["topic", "idempotency_key"])
+def test_text_columns_refuse_nul(field):
+    # PostgreSQL's text columns refuse NUL: it would fail the insert, not validation.
+    assert list(refused(push_request, {"users": ["u"], "data": "a\x00", field: "a\x00"})
+                .fields or {}) == [field]
+    assert push_request({"users": ["u"], "data": "a\x00"}).data_json == '"a\\u0000"'

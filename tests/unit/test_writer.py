@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError
+from django.db import DatabaseError, OperationalError
 
 from push_app import services, writer
 from push_app.messages import PushMessage
@@ -252,3 +253,63 @@ async def test_store_keyed_checks_the_client_and_keeps_idempotency():
     refused = await run_db(store_keyed, client, [req()], committed.append, 0)
     assert isinstance(refused, ClientRevoked) and refused.deactivated
     assert await PushLog.objects.acount() == 2
+
+
+# --- one bad row never fails the others (issue #10) -----------------------------------------
+
+def unstorable(user: str = "p") -> PushRequest:
+    """A push that validation would refuse, as if one of its checks were missing: the
+    database refuses its topic (not UTF-8), so only the insert finds out."""
+    return dataclasses.replace(req(user), topic="\ud800")
+
+
+async def test_a_row_the_database_refuses_fails_alone_and_the_rest_commit():
+    client = await make_client()
+    other = await make_client("shop")
+    w, submitted = make_writer()
+    alone, batch, broadcast = await asyncio.gather(
+        w.write(client=client, reqs=[req("a")]),
+        w.write(client=other, reqs=[req("b"), unstorable(), req("c"), unstorable("q")]),
+        w.write(client=None, reqs=[push_request({"broadcast": True, "data": 1})]),
+    )
+    for bad in (batch[1], batch[3]):
+        assert isinstance(bad, RequestInvalid)
+        assert (bad.status, bad.code) == (400, "unstorable")
+        bad.detail.encode()
+    good = [alone[0], batch[0], batch[2], broadcast[0]]
+    assert all(isinstance(m, PushMessage) for m in good)
+    assert [m.users for m in good] == [("a",), ("b",), ("c",), None]
+    assert {log.id async for log in PushLog.objects.all()} == {m.id for m in good}
+    assert submitted == good
+    assert w.stored == 4
+
+
+async def test_a_group_of_only_bad_rows_stores_nothing_and_the_writer_goes_on():
+    w, submitted = make_writer()
+    (bad,) = await w.write(client=None, reqs=[unstorable()])
+    assert isinstance(bad, RequestInvalid) and bad.status == 400
+    assert await PushLog.objects.acount() == 0 and submitted == []
+    (message,) = await w.write(client=None, reqs=[req("later")])
+    assert isinstance(message, PushMessage)
+
+
+async def test_a_database_failure_during_isolation_still_answers_503_for_all(monkeypatch):
+    # The group fails on a bad row; the retry then finds the database itself gone.
+    real = writer._insert_rows
+    calls: list[int] = []
+
+    def flaky(cursor, rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            return real(cursor, rows)
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(writer, "_insert_rows", flaky)
+    w, submitted = make_writer()
+    results = await asyncio.gather(
+        w.write(client=None, reqs=[req("a"), unstorable()]), w.write(client=None, reqs=[req()]),
+        return_exceptions=True,
+    )
+    for result in results:
+        assert isinstance(result, RequestInvalid) and result.status == 503
+    assert await PushLog.objects.acount() == 0 and submitted == []
