@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from rest_framework import exceptions
@@ -9,6 +10,9 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from push_app.validation import RequestInvalid
+from push_app.writer import DATABASE_DOWN
+
+logger = logging.getLogger("gateway.api")
 
 CODES: dict[type[exceptions.APIException], str] = {
     exceptions.NotAuthenticated: "unauthorized",
@@ -61,7 +65,18 @@ def error_parts(exc: RequestInvalid | exceptions.APIException
     return exc.status_code, api_exception_body(exc), headers
 
 
+def database_unavailable(exc: Exception) -> RequestInvalid:
+    """503 for a database that failed as a whole (locked past its timeout, unreachable):
+    the request may be retried, and nothing of it was stored."""
+    return RequestInvalid(f"the database is unavailable: {exc.__class__.__name__}",
+                          code="unavailable", status=503)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DATABASE_DOWN):
+        logger.warning("%s: database unavailable: %r",
+                       getattr(context.get("request"), "path", "?"), exc)
+        exc = database_unavailable(exc)
     if isinstance(exc, RequestInvalid):
         return Response(error_body(exc.code, exc.detail, exc.fields), status=exc.status)
     response = drf_exception_handler(exc, context)

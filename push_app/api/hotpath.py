@@ -42,13 +42,13 @@ from push_app.api.authentication import (
     not_authenticated,
     unknown_key,
 )
-from push_app.api.errors import error_body, error_parts
+from push_app.api.errors import database_unavailable, error_body, error_parts
 from push_app.api.parsers import body_too_large, check_declared_length, parse_json
 from push_app.api.throttling import ApiClientRateThrottle
 from push_app.messages import Message
 from push_app.models import ApiClient
 from push_app.validation import PushRequest, RequestInvalid
-from push_app.writer import ClientRef, ClientRevoked, store_keyed
+from push_app.writer import DATABASE_DOWN, ClientRef, ClientRevoked, store_keyed
 
 logger = logging.getLogger("gateway.api")
 
@@ -106,6 +106,9 @@ class PushRoutes:
             status, body, headers = error_parts(exc)
         except ClientGone:
             return
+        except DATABASE_DOWN as exc:
+            logger.warning("POST %s: database unavailable: %r", scope["path"], exc)
+            status, body, headers = error_parts(database_unavailable(exc))
         except Exception:
             logger.exception("POST %s failed", scope["path"])
             status, body, headers = 500, error_body("server_error", "internal error"), {}

@@ -8,12 +8,15 @@ body and headers, so the two cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterable
+import sqlite3
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection
 from django.test import override_settings
 from rest_framework.test import APIClient
 
@@ -444,3 +447,45 @@ async def test_a_poison_push_harms_no_other_clients_pushes(app):
     )
     assert [a.status for a in answers] == [202] * 5 + [400]
     assert await PushLog.objects.acount() == 5
+
+
+# --- a database that stays locked (issue #10) -----------------------------------------------
+
+@contextlib.contextmanager
+def database_locked() -> Iterator[None]:
+    """Another connection holds SQLite's write lock, as a long transaction elsewhere would.
+
+    The test database is SQLite's shared-cache memory database, whose writers meet the lock
+    at once (``SQLITE_LOCKED``) instead of after the busy timeout (20 s in production): the
+    same OperationalError, without the wait."""
+    name = connection.settings_dict["NAME"]
+    if connection.vendor != "sqlite" or "mode=memory" not in name:
+        pytest.skip("needs the shared-cache SQLite test database")
+    holder = sqlite3.connect(name, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("UPDATE push_app_apiclient SET name = name")
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+@pytest.mark.parametrize("body", [{**GOOD, "idempotency_key": "k1"}, GOOD],
+                         ids=["keyed", "unkeyed"])
+async def test_a_locked_database_answers_503_json_on_both_paths(app, body):
+    _, key = await new_key()
+    await call(app, "/api/v1/push", {"users": ["warm"], "data": 0}, key=key)  # key cached
+
+    def drf() -> Any:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        return client.post("/api/v1/push", data=body, format="json")
+
+    with database_locked():
+        ours = await call(app, "/api/v1/push", body, key=key)
+        theirs = await sync_to_async(drf)()
+    assert (ours.status, ours.json()["error"]) == (503, "unavailable"), ours.content
+    assert (theirs.status_code, theirs.json()["error"]) == (503, "unavailable")
+    assert ours.headers["content-type"] == "application/json"
+    assert (await call(app, "/api/v1/push", body, key=key)).status == 202  # lock gone
