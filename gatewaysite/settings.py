@@ -65,6 +65,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: answers a bad Host before any other middleware asks for it, and keeps every
+    # answer under /api/ JSON, whichever middleware or view made it.
+    "gatewaysite.middleware.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "gatewaysite.middleware.ChunkedBodyLengthMiddleware",

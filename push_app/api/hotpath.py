@@ -32,6 +32,7 @@ from rest_framework.utils.mediatypes import media_type_matches
 
 from gatewaysite import metrics
 from gatewaysite.conf import gateway_settings
+from gatewaysite.middleware import bad_hosts
 from gatewaysite.node import Node, get_node
 from push_app import services, validation
 from push_app.api.authentication import (
@@ -126,6 +127,10 @@ class PushRoutes:
         for name, value in scope["headers"]:
             headers[name] = value  # ASGI servers lower-case the names
         self._check_host(headers.get(b"host"), scope)
+        # Before the key is looked up, as gatewaysite.middleware does for the DRF views.
+        declared = headers.get(b"content-length")
+        check_declared_length(None if declared is None else declared.decode("latin-1"),
+                              gateway_settings.max_request_bytes)
         node = self.node()
         client = await self.authenticate(node, headers.get(b"authorization", b""))
         wait_s = ApiClientRateThrottle.take(client.pk)
@@ -157,6 +162,8 @@ class PushRoutes:
             if len(self._hosts) < 1000:
                 self._hosts[host] = allowed
         if not allowed:
+            text = host.decode("latin-1")
+            bad_hosts.note(text, f"Invalid HTTP_HOST header: {text!r}.")
             raise BadHost()
 
     async def authenticate(self, node: Node, header: bytes) -> ClientRef:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -57,6 +58,9 @@ def _user_id(value: str) -> str:
     return value
 
 
+# Exempt from CSRF, as DRF's views are: an unknown path answers 404 for every method, not
+# Django's HTML 403 for a POST without a CSRF cookie.
+@csrf_exempt
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     return JsonResponse(error_body("not_found", f"no API endpoint at {request.path}"), status=404)
 

@@ -21,6 +21,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from gatewaysite import metrics
+from gatewaysite.middleware import bad_hosts
 from gatewaysite.node import Node
 from push_app import services
 from push_app.api.hotpath import PushRoutes
@@ -288,6 +289,8 @@ ERROR_CASES = [
      "application/json", {"GATEWAY_MAX_PAYLOAD_BYTES": 10}),
     ("request too large", "/api/v1/push", {"users": ["u"] * 50, "data": 1}, "KEY",
      "application/json", {"GATEWAY_MAX_REQUEST_BYTES": 100}),
+    ("request too large without a key", "/api/v1/push", {"users": ["u"] * 50, "data": 1}, None,
+     "application/json", {"GATEWAY_MAX_REQUEST_BYTES": 100}),
     ("batch too large", "/api/v1/push/batch",
      {"pushes": [{"users": ["u"], "data": i} for i in range(20)]}, "KEY", "application/json",
      {"GATEWAY_MAX_REQUEST_BYTES": 100}),
@@ -349,11 +352,17 @@ async def test_other_methods_and_paths_go_to_django(app, inner: Inner):
     assert len(inner.paths) == 5
 
 
-async def test_a_host_outside_allowed_hosts_is_400(app):
+async def test_a_host_outside_allowed_hosts_is_400(app, caplog, monkeypatch):
+    monkeypatch.setattr(bad_hosts, "clock", lambda: 5000.0)
+    bad_hosts.reset()
     _, key = await new_key()
-    answer = await call(app, "/api/v1/push", GOOD, key=key, headers={"host": "evil.example"})
-    assert (answer.status, answer.json()["error"]) == (400, "bad_request")
+    for _ in range(3):
+        answer = await call(app, "/api/v1/push", GOOD, key=key, headers={"host": "evil.example"})
+        assert (answer.status, answer.json()["error"]) == (400, "bad_request")
     assert await PushLog.objects.acount() == 0
+    # Logged once (a minute), as a warning without a traceback, as under Django.
+    logged = [r for r in caplog.records if "evil.example" in r.getMessage()]
+    assert [(r.levelname, r.exc_info) for r in logged] == [("WARNING", None)]
 
 
 async def test_a_client_gone_before_its_body_gets_nothing(app):
