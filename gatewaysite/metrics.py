@@ -130,7 +130,8 @@ FORWARDED = Counter(
 )
 SKIPPED = Counter(
     "gateway_messages_skipped_total",
-    "Consumed messages not delivered: no_local_session, stale, duplicate, expired, malformed.",
+    "Consumed messages not delivered: no_local_session, stale, duplicate, expired, malformed, "
+    "failed (an error while delivering it, logged).",
     [*_N, "reason"],
     registry=REGISTRY,
 )
@@ -161,9 +162,27 @@ PROCESSES = Gauge(
     "gateway_processes", "Live processes of this node by role (all, web, consumer).",
     [*_N, "role"], registry=REGISTRY, multiprocess_mode="livesum",
 )
+LOOP_RESTARTS = Counter(
+    "gateway_loop_restarts_total",
+    "Times one of the node's loops (consume, channel-layer, relay, housekeeping) ended by "
+    "itself and was restarted by its supervisor.",
+    [*_N, "loop"], registry=REGISTRY,
+)
+LOOP_RUNNING = Gauge(
+    "gateway_loop_running",
+    "1 while the loop runs, 0 while its supervisor waits to restart it (/healthz is 503 "
+    "while a delivery loop is down).",
+    [*_N, "loop"], registry=REGISTRY, multiprocess_mode="livemin",
+)
+SESSION_FAILURES = Counter(
+    "gateway_session_failures_total",
+    "Connections dropped because a write to them (write) or the handling of their frame "
+    "(handler) failed unexpectedly; each is closed and forgotten, the others go on.",
+    [*_N, "where"], registry=REGISTRY,
+)
 
-FRAME_TYPES = ("ping", "ack", "bad", "binary")
-SKIP_REASONS = ("no_local_session", "stale", "duplicate", "expired", "malformed")
+FRAME_TYPES = ("ping", "ack", "bad", "bad_ack", "binary")
+SKIP_REASONS = ("no_local_session", "stale", "duplicate", "expired", "malformed", "failed")
 MESSAGE_KINDS = ("push", "control")
 PUSH_STATUSES = ("accepted", "repeated", "rejected", "unavailable")
 #: Close codes counted under their own label; any other code counts as ``other``.
@@ -196,6 +215,9 @@ class NodeMetrics:
         self.deliveries = DELIVERIES.labels(n)
         self.push_latency = PUSH_LATENCY.labels(n)
         self.channel_layer_lag = CHANNEL_LAYER_LAG.labels(n)
+        self.session_failures = {
+            where: SESSION_FAILURES.labels(n, where) for where in ("write", "handler")
+        }
         self._disconnects: dict[int, Any] = {}
 
     def disconnect(self, code: int) -> None:

@@ -28,6 +28,7 @@ from django.db import close_old_connections, connections
 
 from gatewaysite import metrics
 from gatewaysite.conf import gateway_settings
+from gatewaysite.supervisor import LoopFactory, Supervised
 from push_app.brokers import BaseBroker, create_broker
 from push_app.delivery import ChannelLayerListener, Deliverer
 from push_app.ledger import DeliveryLedger
@@ -67,7 +68,8 @@ class Node:
         self.ledger = DeliveryLedger(node_id=self.node_id)
         self.deliverer = Deliverer(
             node_id=self.node_id, registry=self.registry, ledger=self.ledger,
-            close_session=self.hub.close, started_ms=int(self.started_at * 1000),
+            close_session=self.hub.close, drop_session=self.hub.drop,
+            started_ms=int(self.started_at * 1000),
         )
         self.relay = Relay(
             broker=self.broker, db=self.db, node_id=self.node_id,
@@ -79,6 +81,7 @@ class Node:
         # The API's pushes, stored by group commit on the database thread, then relayed.
         self.writer = PushWriter(db=self.db, submit=self.relay.submit, node_id=self.node_id)
         self._tasks: list[asyncio.Task[Any]] = []
+        self.loops: dict[str, Supervised] = {}
         self._start_lock = asyncio.Lock()
         self.running = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -107,23 +110,41 @@ class Node:
         self.writer.reopen()
         await self.db(self.recorder.start)
         await self.broker.start()
-        self._spawn(self.relay.run(), "relay")
-        self._spawn(self._housekeeping(), "housekeeping")
+        self._spawn("relay", self.relay.run)
+        self._spawn("housekeeping", self._housekeeping)
         metrics.set_process(self.node_id, role=self.role,
                             connections_ceiling=gateway_settings.connections_ceiling)
-        self._spawn(metrics.watch_event_loop(self.node_id, self.role), "loop-lag")
+        self._spawn("loop-lag", functools.partial(
+            metrics.watch_event_loop, self.node_id, self.role))
         if self.role == "all":
-            self._spawn(self.broker.consume(self.deliverer.handle_raw), "consume")
+            self._spawn(self.delivery_loop, functools.partial(
+                self.broker.consume, self.deliverer.handle_raw))
         else:
             listener = ChannelLayerListener(get_channel_layer(), self.deliverer)
-            self._spawn(listener.run(), "channel-layer")
+            self._spawn(self.delivery_loop, listener.run)
         self.running = True
         logger.info(
             "node %s started (role %s, broker %s)", self.node_id, self.role, self.broker.name
         )
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=f"gateway-{name}")
+    @property
+    def delivery_loop(self) -> str:
+        """The loop that feeds this node's sessions: without it nothing is delivered."""
+        return "consume" if self.role == "all" else "channel-layer"
+
+    def health(self) -> tuple[bool, str]:
+        """``/healthz``: the process serves, and its delivery loop runs (not between a
+        failure and its restart); False with the reason otherwise."""
+        if not self.running:
+            return False, "the node is not running"
+        loop = self.loops.get(self.delivery_loop)
+        if loop is None or not loop.running:
+            return False, f"the {self.delivery_loop} loop is down, waiting to restart"
+        return True, "ok"
+
+    def _spawn(self, name: str, factory: LoopFactory) -> None:
+        loop = self.loops[name] = Supervised(name, factory, node_id=self.node_id)
+        task = asyncio.create_task(loop.run(), name=f"gateway-{name}")
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
 
@@ -173,6 +194,7 @@ class Node:
             await self.broker.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        self.loops.clear()
         try:
             await self.relay.flush()
             await self.write_ledger()

@@ -20,7 +20,14 @@ CHECK_TIMEOUT_S = 2.0
 
 
 async def healthz(request: HttpRequest) -> HttpResponse:
-    return JsonResponse({"status": "ok", "node": get_node().node_id})
+    """200 while the process serves and its delivery loop runs; 503 otherwise, so that a
+    supervisor restarts a node that would answer 202 and deliver nothing."""
+    node = get_node()
+    healthy, reason = node.health()
+    if healthy:
+        return JsonResponse({"status": "ok", "node": node.node_id})
+    return JsonResponse({"status": "unhealthy", "node": node.node_id, "detail": reason},
+                        status=503)
 
 
 def _database() -> None:

@@ -62,12 +62,14 @@ class Deliverer:
         registry: SessionManager,
         ledger: DeliveryLedger,
         close_session: Callable[[ChannelSession, CloseCode], Any],
+        drop_session: Callable[[ChannelSession], Any],
         started_ms: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.registry = registry
         self.ledger = ledger
         self.close_session = close_session
+        self.drop_session = drop_session
         self.metrics = metrics.bound(node_id)
         self.started_ms = self.clock_ms() if started_ms is None else started_ms
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -100,6 +102,11 @@ class Deliverer:
                 await self.deliver_push(message)
             else:
                 await self.apply_control(message)
+        except Exception:
+            # One message that cannot be delivered (a bug, or a poison message from a node
+            # that validated less) is logged and skipped: the loop goes on to the next.
+            self.metrics.skipped["failed"].inc()
+            logger.exception("delivering message %s failed; skipped", message.id)
         finally:
             push_id_var.reset(token)
 
@@ -126,7 +133,8 @@ class Deliverer:
             if encoded is None:
                 frame = message.frame()
                 encoded = (frame, frames.wire(frame))
-            if await session.connection.send_frame(*encoded):
+            if await self.write(session, encoded):
+                session.received(message.id)
                 sent += 1
         if sent:
             self.ledger.delivered(message.id, sent)
@@ -136,6 +144,24 @@ class Deliverer:
         else:
             self.metrics.skipped["no_local_session"].inc()
         return sent
+
+    async def write(self, session: ChannelSession, encoded: tuple[str, bytes]) -> bool:
+        """Write one push frame to one session; never raises.
+
+        The loop that delivers a push writes to its sessions one after another, so a failure
+        on one connection must end there, whatever it is: it cannot stop the delivery of
+        this push to the others, nor the loop that delivers every later push.
+        """
+        try:
+            return await session.connection.send_frame(*encoded)
+        except Exception:
+            # The connection broke its contract (``send_frame`` never raises): a bug, logged
+            # in full; the session is dropped so that no later push meets it again.
+            self.metrics.session_failures["write"].inc()
+            logger.exception("writing to session %s failed; dropping it", session.session_id,
+                             extra={"session_id": session.session_id})
+            await self.drop_session(session)
+            return False
 
     async def apply_control(self, message: ControlMessage) -> int:
         targets = list(self.registry.sessions_of(message.users))

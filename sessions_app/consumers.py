@@ -8,6 +8,7 @@ thread before every frame (it never touches the database).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -20,8 +21,12 @@ from gatewaysite.node import Node, get_node
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.flow import QUEUED, WRITE, SendBuffer, UnboundedSendBuffer, send_buffer_for
+from sessions_app.hub import INTERNAL_ERROR
 from sessions_app.registry import ChannelSession
 from sessions_app.tokens import InvalidToken, decode_token
+
+#: The close code recorded for a connection that ended without a close frame.
+ABNORMAL_CLOSURE = 1006
 
 
 class GatewayConsumer(AsyncConsumer):
@@ -37,16 +42,27 @@ class GatewayConsumer(AsyncConsumer):
         self.session = None
         self.closed = False
         self.buffer: SendBuffer = UnboundedSendBuffer(send)
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                await self.websocket_receive(message)
-            elif kind == "websocket.connect":
-                await self.websocket_connect(message)
-            elif kind == "websocket.disconnect":
-                self.websocket_disconnect(message)
-                return
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    await self.websocket_receive(message)
+                elif kind == "websocket.connect":
+                    await self.websocket_connect(message)
+                elif kind == "websocket.disconnect":
+                    self.websocket_disconnect(message)
+                    return
+        except Exception:
+            # A failing handler ends this connection only: the server logs the error and
+            # closes it with 1011. The session must not outlive it as a ghost that shows
+            # online and takes pushes into a dead connection.
+            self.metrics.session_failures["handler"].inc()
+            self._lost(INTERNAL_ERROR)
+            raise
+        finally:
+            # Cancelled by the server, or anything else: never leave the session behind.
+            self._lost(ABNORMAL_CLOSURE)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         # Accept first, then close: browsers only see a close code after a handshake.
@@ -106,34 +122,49 @@ class GatewayConsumer(AsyncConsumer):
         if size > max_frame:
             await hub.close(session, CloseCode.FRAME_TOO_BIG)
             return
+        now = time.time()
+        reply: str
+        if text is None:
+            kind, reply = "binary", frames.error("binary frames are not supported; send JSON text")
+        else:
+            try:
+                frame = frames.parse(text)
+            except frames.BadFrame as exc:
+                kind, reply = "bad", frames.error(str(exc))
+            else:
+                kind = frame["type"]
+                if kind == "ping":
+                    reply = frames.pong(int(now * 1000))
+                elif session.take_ack(frame["id"]):
+                    # The first ack of a push this connection got is free of the frame
+                    # budget, so that a client may ack every push (PROTOCOL.md section 1).
+                    session.last_seen = now
+                    self.metrics.frame(kind)
+                    self.node.ledger.acked(frame["id"])
+                    return
+                else:
+                    kind, reply = "bad_ack", frames.error(
+                        "no unacked push with this id was sent to this connection",
+                        code="bad_ack",
+                    )
+        self.metrics.frame(kind)
         within_budget = session.count_frame(
-            time.time(), max_per_minute=gateway_settings.max_frames_per_minute,
-            alive=text is not None,
+            now, max_per_minute=gateway_settings.max_frames_per_minute, alive=text is not None,
         )
         if not within_budget:
             await hub.close(session, CloseCode.TOO_MANY_FRAMES)
             return
-        if text is None:
-            self.metrics.frame("binary")
-            await self.send_frame(frames.error("binary frames are not supported; send JSON text"))
-            return
-        try:
-            frame = frames.parse(text)
-        except frames.BadFrame as exc:
-            self.metrics.frame("bad")
-            await self.send_frame(frames.error(str(exc)))
-            return
-        kind = frame["type"]
-        self.metrics.frame(kind)
-        if kind == "ping":
-            await self.send_frame(frames.pong(int(time.time() * 1000)))
-        else:
-            self.node.ledger.acked(frame["id"])
+        await self.send_frame(reply)
 
     def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        self._lost(int(message.get("code") or ABNORMAL_CLOSURE))
+
+    def _lost(self, code: int) -> None:
+        """The connection is gone (or going): no more writes, and the session is forgotten
+        at once (a no-op when it already was)."""
         self.closed = True
         if self.session is not None:
-            self.node.hub.forget(self.session, code=int(message.get("code") or 1006))
+            self.node.hub.forget(self.session, code=code)
 
     # Connection (what the registry and the hub call) ---------------------------------
     async def send_frame(self, frame: str, wire: bytes | None = None) -> bool:
@@ -145,9 +176,12 @@ class GatewayConsumer(AsyncConsumer):
                 return True
             try:
                 await self.base_send({"type": "websocket.send", "text": frame})
-            except OSError:
-                # uvicorn's ClientDisconnected: the client left and its disconnect event
-                # is still on its way to this consumer. Daphne drops such frames silently.
+            except Exception:
+                # Whatever the server raises, this connection can take no more frames:
+                # uvicorn's ClientDisconnected and autobahn's Disconnected both mean the
+                # client left while its disconnect event is still on its way here. Raising
+                # would stop the delivery loop that writes to every other session too.
+                self._lost(ABNORMAL_CLOSURE)
                 return False
             return True
         if verdict == QUEUED:
@@ -159,8 +193,20 @@ class GatewayConsumer(AsyncConsumer):
     async def close(self, code: CloseCode) -> None:
         await self._close(code, code.reason)
 
+    async def abort(self) -> None:
+        self._lost(INTERNAL_ERROR)
+        with contextlib.suppress(Exception):
+            # A plain close (1000): servers refuse 1011 from the application.
+            await self.base_send({"type": "websocket.close"})
+
     async def _close(self, code: CloseCode, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        await self.buffer.close({"type": "websocket.close", "code": int(code), "reason": reason})
+        try:
+            await self.buffer.close(
+                {"type": "websocket.close", "code": int(code), "reason": reason}
+            )
+        except Exception:
+            # The connection is already gone: there is no one left to tell.
+            self._lost(ABNORMAL_CLOSURE)

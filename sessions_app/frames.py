@@ -21,8 +21,12 @@ def parse(text: str) -> dict[str, Any]:
         return {"type": "ping"}
     try:
         frame = json.loads(text)
-    except ValueError as exc:
+    except ValueError as exc:  # also a number too long to convert
         raise BadFrame("frame is not JSON") from exc
+    except RecursionError as exc:
+        # Nesting deep enough to exhaust the parser's stack ("[" * 2000): what a client
+        # sends may never end the handler.
+        raise BadFrame("frame is nested too deeply") from exc
     if not isinstance(frame, dict):
         raise BadFrame("frame is not a JSON object")
     kind = frame.get("type")
@@ -30,8 +34,20 @@ def parse(text: str) -> dict[str, Any]:
         if not isinstance(frame.get("id"), str):
             raise BadFrame('ack needs "id", a push id string')
     elif kind != "ping":
-        raise BadFrame(f"unknown frame type {kind!r}; expected ping or ack")
+        # Echo a short string only: a nested value's repr could recurse as deep as it nests.
+        shown = repr(kind[:64]) if isinstance(kind, str) else f"of JSON type {_json_type(kind)}"
+        raise BadFrame(f"unknown frame type {shown}; expected ping or ack")
     return frame
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "array" if isinstance(value, list) else "object"
 
 
 def welcome(*, session_id: str, node_id: str, user_id: str, interval_s: int, timeout_s: int) -> str:

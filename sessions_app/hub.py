@@ -18,6 +18,9 @@ from sessions_app.registry import ChannelSession, SessionManager
 
 logger = logging.getLogger("gateway.sessions")
 
+#: WebSocket's own close code for a server failure, as recorded for a dropped session.
+INTERNAL_ERROR = 1011
+
 
 class Hub:
     clock: Callable[[], float] = staticmethod(time.time)
@@ -46,6 +49,21 @@ class Hub:
         """Forget a session and send it ``code``; a no-op if it is already gone."""
         if self.registry.unregister(session):
             await self._closed(session, code)
+
+    async def drop(self, session: ChannelSession) -> None:
+        """Forget a session whose connection failed, and abort that connection.
+
+        Counted as 1011 (the protocol's "internal error"): the client gets no application
+        close code, since the connection may not carry one any more.
+        """
+        if self.registry.unregister(session):
+            self.recorder.closed(session, code=INTERNAL_ERROR, at=self.clock())
+            self.metrics.disconnect(INTERNAL_ERROR)
+        try:
+            await session.connection.abort()
+        except Exception:
+            logger.exception("aborting session %s failed", session.session_id,
+                             extra={"session_id": session.session_id})
 
     def forget(self, session: ChannelSession, *, code: int) -> None:
         """The client went away by itself (``websocket.disconnect``)."""

@@ -17,12 +17,19 @@ from typing import Any, Protocol
 
 from sessions_app.close_codes import CloseCode
 
+#: How many of its latest unacked pushes a connection may still ack. An ack normally
+#: follows its push within a round trip; the bound keeps a client that never acks from
+#: holding memory for every push it got.
+ACK_WINDOW = 256
+
 
 class Connection(Protocol):
     """What the registry needs from one live WebSocket (the consumer provides it)."""
 
     async def send_frame(self, frame: str, wire: bytes | None = None) -> bool:
-        """Queue one text frame; False if the client is too slow and is being closed.
+        """Queue one text frame; False if it was not written: the client is too slow and is
+        being closed, or its connection is gone. Never raises: the delivery loop writes
+        to every session in turn, and one connection's failure must stay its own.
 
         ``wire`` is the same frame already encoded (``frames.wire``), when one frame goes
         to many connections.
@@ -30,6 +37,9 @@ class Connection(Protocol):
 
     async def close(self, code: CloseCode) -> None:
         """Close the WebSocket with an application close code."""
+
+    async def abort(self) -> None:
+        """End a connection that failed, without an application close code; never raises."""
 
 
 @dataclass(eq=False, slots=True)
@@ -48,6 +58,29 @@ class ChannelSession:
     window_started: float = 0.0
     frames_in_window: int = 0
     closing: bool = False
+    # Pushes written to this connection and not yet acked, oldest first (a dict as an
+    # ordered set): only those may be acked, once each. Created on the first push, since
+    # most idle connections never get one.
+    unacked: dict[str, None] | None = None
+
+    def received(self, push_id: str) -> None:
+        """A push was written to this connection: it may ack it once (``take_ack``)."""
+        unacked = self.unacked
+        if unacked is None:
+            unacked = self.unacked = {}
+        unacked[push_id] = None
+        if len(unacked) > ACK_WINDOW:
+            # A client that never acks keeps only the newest ACK_WINDOW ids.
+            del unacked[next(iter(unacked))]
+
+    def take_ack(self, push_id: str) -> bool:
+        """True for the first ack of a push this connection received (PROTOCOL.md section 1);
+        False for a repeat, a push it never got, or one older than ``ACK_WINDOW`` pushes."""
+        unacked = self.unacked
+        if not unacked or push_id not in unacked:
+            return False
+        del unacked[push_id]
+        return True
 
     def count_frame(self, now: float, *, max_per_minute: int, alive: bool = True) -> bool:
         """Record one client frame; False once the client passed its per-minute budget.

@@ -135,7 +135,8 @@ async def test_channel_layer_lag_from_forwarder_to_listener() -> None:
     registry.register(session, max_per_user=5)
     deliverer = Deliverer(node_id=node_id, registry=registry,
                           ledger=DeliveryLedger(node_id=node_id),
-                          close_session=lambda s, c: None, started_ms=0)
+                          close_session=lambda s, c: None, drop_session=lambda s: None,
+                          started_ms=0)
     layer = InMemoryChannelLayer()
     listener = ChannelLayerListener(layer, deliverer)
     listener.clock = lambda: 50.25

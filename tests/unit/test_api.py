@@ -468,10 +468,12 @@ def test_openapi_schema_and_docs(client):
     assert client.get("/api/docs/").status_code == 200
 
 
-def test_healthz(client, node: Node):
+def test_healthz_is_503_while_the_node_does_not_run(client, node: Node):
+    # (A running node, and one whose delivery loop is down: tests/unit/test_node.py.)
     response = client.get("/healthz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok", "node": node.node_id}
+    assert response.status_code == 503
+    assert response.json() == {"status": "unhealthy", "node": node.node_id,
+                               "detail": "the node is not running"}
 
 
 def test_readyz_with_the_local_broker(client, node: Node):

@@ -217,13 +217,96 @@ async def test_push_reaches_the_client_and_its_ack_is_counted(node: Node):
     assert await other.receive_nothing(timeout=0.02)
 
     await comm.send_json_to({"type": "ack", "id": "p-1"})
-    await comm.send_json_to({"type": "ack", "id": "p-1"})  # only one delivery to ack
-    await comm.send_json_to({"type": "ack", "id": "never-sent"})
     await comm.send_json_to({"type": "ping"})
-    assert (await comm.receive_json_from())["type"] == "pong"  # acks before it are handled
+    assert (await comm.receive_json_from())["type"] == "pong"  # the ack is silent
+    # A repeat, and a push this connection never got: bad_ack, not counted.
+    for push_id in ("p-1", "never-sent"):
+        await comm.send_json_to({"type": "ack", "id": push_id})
+        assert await comm.receive_json_from() == {
+            "type": "error", "code": "bad_ack",
+            "detail": "no unacked push with this id was sent to this connection"}
+    # A user who was not a target cannot ack someone else's push.
+    await other.send_json_to({"type": "ack", "id": "p-1"})
+    assert (await other.receive_json_from())["code"] == "bad_ack"
     assert node.ledger.take() == {"p-1": (1, 1)}
     await comm.disconnect()
     await other.disconnect()
+
+
+@override_settings(GATEWAY_MAX_FRAMES_PER_MINUTE=3)
+async def test_valid_acks_do_not_count_toward_the_frame_budget_and_bad_ones_do(node: Node):
+    comm, _ = await connect("u1")
+    for i in range(10):
+        await node.deliverer.handle(push(f"p-{i}"))
+        assert (await comm.receive_json_from())["id"] == f"p-{i}"
+        await comm.send_json_to({"type": "ack", "id": f"p-{i}"})
+    for _ in range(3):
+        await comm.send_json_to({"type": "ack", "id": "p-0"})
+        assert (await comm.receive_json_from())["code"] == "bad_ack"
+    await comm.send_json_to({"type": "ack", "id": "p-0"})
+    await expect_close(comm, 4029)
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 2000 + "]" * 2000,
+    '{"type": ' + "[" * 900 + "]" * 900 + "}",
+    '{"type": 1e999}',
+    '{"type": "ack", "id": 1' + "0" * 4400 + "}",
+    '{"type": "\\ud800"}',
+])
+@override_settings(GATEWAY_MAX_FRAME_BYTES=8192)  # room for a number of 4,400 digits
+async def test_frames_however_built_get_an_error_and_the_connection_stays(node: Node, text):
+    comm, welcome = await connect("u1")
+    await comm.send_to(text_data=text)
+    error = await comm.receive_json_from()
+    assert (error["type"], error["code"]) == ("error", "bad_frame"), error
+    await comm.send_json_to({"type": "ping"})
+    assert (await comm.receive_json_from())["type"] == "pong"
+    assert node.registry.get(welcome["session"]) is not None
+    await comm.disconnect()
+
+
+async def test_a_failing_handler_unregisters_its_session_at_once(node: Node, monkeypatch):
+    comm, welcome = await connect("u1")
+    bystander, _ = await connect("u2")
+
+    def broken(text: str) -> dict:
+        raise RuntimeError("a bug in the frame handler")
+
+    monkeypatch.setattr("sessions_app.frames.parse", broken)
+    await comm.send_to(text_data='{"type": "ping"}')
+    with pytest.raises(RuntimeError, match="a bug in the frame handler"):
+        await comm.wait(timeout=1)
+    # No ghost: not online, and no push reported delivered to a dead connection.
+    assert node.registry.get(welcome["session"]) is None
+    assert "u1" not in node.registry.users
+    assert await node.deliverer.deliver_push(push("p-ghost", users=("u1", "u2"))) == 1
+    assert (await bystander.receive_json_from())["id"] == "p-ghost"
+    assert metrics.REGISTRY.get_sample_value(
+        "gateway_session_failures_total", {"node": node.node_id, "where": "handler"}) >= 1
+    await bystander.disconnect()
+
+
+async def test_a_write_that_raises_drops_only_that_session(node: Node):
+    _, welcome = await connect("u1")
+    bystander, _ = await connect("u2")
+    session = node.registry.get(welcome["session"])
+    assert session is not None
+
+    class Disconnected(Exception):
+        """What autobahn raises for a write to a connection Daphne is closing."""
+
+    async def raising_send(message: dict) -> None:
+        raise Disconnected("Attempt to send on a closed protocol")
+
+    session.connection.base_send = raising_send  # type: ignore[attr-defined]
+    assert await node.deliverer.deliver_push(push("p-1", users=("u1", "u2"))) == 1
+    assert (await bystander.receive_json_from())["id"] == "p-1"
+    assert node.registry.get(welcome["session"]) is None
+    assert await node.deliverer.deliver_push(push("p-2", users=("u1", "u2"))) == 1
+    assert (await bystander.receive_json_from())["id"] == "p-2"
+    await bystander.disconnect()
 
 
 async def test_broadcast_reaches_every_connection(node: Node):

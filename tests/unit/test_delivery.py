@@ -36,6 +36,7 @@ class Setup:
         self.hub = Hub(node_id=self.node_id, registry=self.registry, recorder=recorder)
         self.deliverer = Deliverer(node_id=self.node_id, registry=self.registry,
                                    ledger=self.ledger, close_session=self.hub.close,
+                                   drop_session=self.hub.drop,
                                    started_ms=STARTED_MS)
         self.now_ms = STARTED_MS + 1000
         self.deliverer.clock_ms = lambda: self.now_ms

@@ -7,10 +7,13 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.test import AsyncClient
 
+from gatewaysite import metrics
 from gatewaysite.conf import gateway_settings
-from gatewaysite.node import Node
+from gatewaysite.node import Node, set_node
 from push_app import services
+from push_app.brokers.local import LocalBroker
 from push_app.models import PushLog, PushStatus
 from push_app.validation import push_request
 from sessions_app.consumers import GatewayConsumer
@@ -146,3 +149,70 @@ async def test_asgi_lifespan_reports_a_node_that_cannot_start(node: Node, monkey
     await inbox.put({"type": "lifespan.startup"})
     await asyncio.wait_for(application({"type": "lifespan"}, inbox.get, send), 5)
     assert sent == [{"type": "lifespan.startup.failed", "message": "no database"}]
+
+
+class FlakyBroker(LocalBroker):
+    """A local broker whose consume loop fails once when told to."""
+
+    explode = False
+
+    async def consume(self, handler):
+        async def guarded(message):
+            if self.explode:
+                self.explode = False
+                raise ConnectionError("the broker connection broke")
+            await handler(message)
+
+        await super().consume(guarded)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_healthz_follows_the_delivery_loop_which_is_restarted():
+    broker = FlakyBroker(node_id="test-node")
+    node = Node(role="all", broker=broker)
+    node.autostart = False
+    set_node(node)
+    client = AsyncClient()
+    try:
+        response = await client.get("/healthz")
+        assert response.status_code == 503  # not started yet
+        await node.start()
+        assert (await client.get("/healthz")).status_code == 200
+        consume = node.loops["consume"]
+        release = asyncio.Event()
+        waits: list[float] = []
+
+        async def held_sleep(seconds: float) -> None:
+            waits.append(seconds)
+            await release.wait()
+
+        consume.sleep = held_sleep
+        token, _ = encode_token(user_id="u1", ttl_s=600, secret=gateway_settings.jwt_secret)
+        comm = WebsocketCommunicator(GatewayConsumer.as_asgi(), f"/ws/?token={token}")
+        assert (await comm.connect())[0]
+        await comm.receive_json_from()
+
+        broker.explode = True
+        await sync_to_async(create_push)(node, ["u1"])
+        await eventually(lambda: waits == [0.5])
+        response = await client.get("/healthz")
+        assert response.status_code == 503
+        assert response.json()["detail"] == "the consume loop is down, waiting to restart"
+        assert metric_value(metrics.LOOP_RUNNING, "test-node", "consume") == 0
+
+        release.set()
+        await eventually(lambda: consume.running)
+        assert (await client.get("/healthz")).status_code == 200
+        assert consume.restarts == 1
+        log = await sync_to_async(create_push)(node, ["u1"])
+        frame = await comm.receive_json_from(timeout=3)
+        assert frame["id"] == log.id  # delivering again
+        await comm.disconnect()
+    finally:
+        await node.stop()
+        set_node(None)
+        node._db_executor.shutdown(wait=False)
+
+
+def metric_value(metric, *labels: str) -> float:
+    return float(metric.labels(*labels)._value.get())
