@@ -14,6 +14,11 @@ Daphne settings chosen against its traps:
   finished instance is reaped, and a handshake nobody answers refused, a few seconds later.
 - Our own SIGTERM/SIGINT handling drains the node (4012 to every client) before the
   reactor stops; Daphne's own would drop connections without a close frame.
+- A request line or header line longer than Twisted's 16 KiB line limit is answered 431
+  (Twisted would drop the connection without a word), then the rest of the request is read
+  and dropped for a moment before the close (``answer_oversized_header_lines``). Larger
+  header sections made of shorter lines (16 KiB in all, or 500 headers) already get
+  Twisted's 400.
 - Twisted's form decoding of POST bodies is off: Daphne hands the raw body to the
   application and never reads the decoded arguments, yet Twisted parsed every POST's
   Content-Type through the ``email`` package first (a quarter of Daphne's CPU on the
@@ -28,12 +33,16 @@ idle savings here, 19,000 idle connections under uvicorn went from 15 to 7 % of 
 
 uvicorn (``--server uvicorn``, the faster option): websockets' sans-I/O protocol, uvloop,
 httptools, no per-message deflate (it costs CPU per frame for JSON this small), the same
-message size limit and backlog as Daphne. The application's lifespan
-starts the node. uvicorn's own shutdown would close every WebSocket with 1012 before the
-application hears of it, so the drain (4012) runs first, and a signal only asks for that
-shutdown: uvicorn would otherwise re-raise it when done and the process would not exit 0.
-Its ``send`` waits for a slow client: ``sessions_app.flow`` keeps that wait off the node's
-delivery loop.
+message size limit and backlog as Daphne. A handshake that websockets refuses while parsing
+it (a header line over 8 KiB, more than 128 headers: 431) gets that answer written
+(``GatewayWebSocketProtocol``); uvicorn would leave it unsent and the connection open.
+httptools sets no bound on a request's header section at all (2 MB of headers were
+served): ``GatewayHttpProtocol`` answers 431 past ``MAX_HEADER_BYTES``, Twisted's bound.
+The application's lifespan starts the node. uvicorn's own shutdown would close every
+WebSocket with 1012 before the application hears of it, so the drain (4012) runs first, and
+a signal only asks for that shutdown: uvicorn would otherwise re-raise it when done and the
+process would not exit 0. Its ``send`` waits for a slow client: ``sessions_app.flow`` keeps
+that wait off the node's delivery loop.
 """
 
 from __future__ import annotations
@@ -78,6 +87,7 @@ def run_daphne(*, host: str, port: int, node: Node,
 
     plain_autobahn_log_fields()
     skip_twisted_form_parsing()
+    answer_oversized_header_lines()
     settle_garbage_collector()
 
     class GatewayDaphne(Server):
@@ -196,9 +206,9 @@ def run_uvicorn(*, host: str, port: int, node: Node,
 
     config = uvicorn.Config(
         application,
-        ws="websockets-sansio",
+        ws=gateway_websocket_protocol(),
         loop="uvloop",
-        http="httptools",
+        http=gateway_http_protocol(),
         lifespan="on",
         ws_per_message_deflate=False,
         ws_max_size=max_message_bytes(),
@@ -273,6 +283,110 @@ def skip_twisted_form_parsing() -> None:
     request_class._parsePOSTFormSubmission = property(
         lambda self: False, lambda self, value: None
     )
+
+
+#: What a request line or header line over Twisted's line limit gets (module doc).
+HEADERS_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 32\r\n"
+    b"Connection: close\r\n\r\nRequest header fields too large\n"
+)
+#: How long the rest of a refused request is read and dropped before the connection is cut.
+LINGER_S = 2.0
+#: A request's header section under uvicorn: Twisted's ``totalHeadersSize``, so that both
+#: servers hold a client to the same bound.
+MAX_HEADER_BYTES = 16384
+
+
+def answer_oversized_header_lines() -> None:
+    """Answer 431 to a request line or header line over Twisted's line limit.
+
+    Twisted's ``LineReceiver.lineLengthExceeded`` drops the connection without a response,
+    so a client (or a proxy, which then reports a 502) cannot tell an oversized handshake
+    from a dead node. The answer is written, the write side closed, and what the client
+    is still sending read and dropped for up to ``LINGER_S``: closing a socket with unread
+    input makes the kernel send a reset, which can destroy the answer before it is read.
+    """
+    from twisted.internet import reactor as _reactor
+    from twisted.web import http
+
+    reactor: Any = _reactor  # the installed reactor's interfaces are not in its stubs
+
+    def line_length_exceeded(self: Any, line: bytes) -> None:
+        transport = self.transport
+        self._buffer = b""
+        self.dataReceived = _drop
+        transport.write(HEADERS_TOO_LARGE)
+        transport.loseWriteConnection()
+        reactor.callLater(LINGER_S, transport.abortConnection)
+
+    channel: Any = http.HTTPChannel
+    channel.lineLengthExceeded = line_length_exceeded
+
+
+def _drop(data: bytes) -> None:
+    pass
+
+
+def gateway_websocket_protocol() -> type[Any]:
+    """uvicorn's websockets (sans-I/O) protocol, writing the handshake refusals websockets
+    makes while parsing the request (module doc)."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self.handshake_initiated and self.conn.handshake_exc is not None:
+                # websockets queued its answer (431) or an end of stream, and produced no
+                # request event, the only point where uvicorn writes what it queued.
+                self.transport.write(b"".join(self.conn.data_to_send()))
+                self.transport.close()
+
+    return GatewayWebSocketProtocol
+
+
+def gateway_http_protocol() -> type[Any]:
+    """uvicorn's httptools protocol with a bound on the header section (module doc)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GatewayHttpProtocol(HttpToolsProtocol):
+        #: Bytes received since the current request began, while its headers are read.
+        header_bytes = 0
+        reading_headers = True
+        refused = False
+
+        def data_received(self, data: bytes) -> None:
+            if self.refused:
+                return  # lingering: read and drop (see answer_oversized_header_lines)
+            was_reading_headers = self.reading_headers
+            super().data_received(data)
+            # Only a chunk read entirely within one request's headers counts: one that
+            # completes them may carry a body, one that ends a body may carry the next
+            # request's start. The bound is thus exceeded by one read's size at most.
+            if (was_reading_headers and self.reading_headers
+                    and not self.transport.is_closing()):
+                self.header_bytes += len(data)
+                if self.header_bytes > MAX_HEADER_BYTES:
+                    self.refuse()
+
+        def refuse(self) -> None:
+            self.refused = True
+            self.transport.write(HEADERS_TOO_LARGE)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+
+        def on_headers_complete(self) -> None:
+            self.reading_headers = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            # The next request on this connection (keep-alive) counts from here.
+            self.reading_headers = True
+            self.header_bytes = 0
+
+    return GatewayHttpProtocol
 
 
 #: Young-generation threshold: collections of the youngest objects come ten times less
