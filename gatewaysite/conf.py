@@ -79,6 +79,10 @@ class GatewaySettings:
         return int(settings.GATEWAY_API_RATE_PER_SECOND)
 
     @property
+    def api_auth_failures_per_minute(self) -> int:
+        return int(settings.GATEWAY_API_AUTH_FAILURES_PER_MINUTE)
+
+    @property
     def node_timeout_s(self) -> int:
         return int(settings.GATEWAY_NODE_TIMEOUT_S)
 

@@ -222,6 +222,11 @@ GATEWAY_MAX_SEND_BUFFER_BYTES = env.integer(
 )
 # Not in the v1 contract table; documented in the README.
 GATEWAY_API_RATE_PER_SECOND = env.integer("GATEWAY_API_RATE_PER_SECOND", 2000, minimum=0)
+# Failed API authentications (unknown or malformed keys) per client address and minute,
+# per process; past it, 429 until the budget refills. 0 disables.
+GATEWAY_API_AUTH_FAILURES_PER_MINUTE = env.integer(
+    "GATEWAY_API_AUTH_FAILURES_PER_MINUTE", 60, minimum=0
+)
 GATEWAY_NODE_TIMEOUT_S = env.integer("GATEWAY_NODE_TIMEOUT", 30, minimum=3)
 GATEWAY_RECORD_INTERVAL_S = env.integer("GATEWAY_RECORD_INTERVAL", 5, minimum=1)
 GATEWAY_MAX_TOKEN_TTL_S = env.integer("GATEWAY_MAX_TOKEN_TTL", 30 * 24 * 3600, minimum=60)

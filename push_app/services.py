@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 import uuid
@@ -185,6 +186,10 @@ def api_client_rotate(*, client: ApiClient) -> str:
     return key
 
 
+#: ``gw_<8 hex>_<token_urlsafe(32)>``, as ``_assign_key`` makes them.
+_KEY_SHAPE = re.compile(rf"{KEY_PREFIX}_[0-9a-f]{{8}}_[A-Za-z0-9_-]{{43}}")
+
+
 def _assign_key(client: ApiClient) -> str:
     prefix = secrets.token_hex(4)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
@@ -193,11 +198,17 @@ def _assign_key(client: ApiClient) -> str:
     return key
 
 
+def api_key_plausible(key: str) -> bool:
+    """Whether ``key`` has the shape ``_assign_key`` gives keys: one that has not is
+    refused without a lookup."""
+    return _KEY_SHAPE.fullmatch(key) is not None
+
+
 def api_client_for_key(key: str) -> ApiClient | None:
     """The client a key belongs to (active or not), or None."""
-    parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+    if not api_key_plausible(key):
         return None
+    parts = key.split("_", 2)
     client = ApiClient.objects.filter(key_prefix=parts[1]).first()
     if client is None or not hmac.compare_digest(client.key_hash, _hash_key(key)):
         return None

@@ -1,13 +1,16 @@
 """``Authorization: Token <key>`` for business systems (PROTOCOL.md section 2).
 
 Unknown or malformed keys get 401; a deactivated client's key gets 403, so its owner can
-tell "wrong key" from "key revoked".
+tell "wrong key" from "key revoked". Each 401 for a key spends one attempt of the client
+address's budget (``AuthFailureThrottle``); an address that spent it gets 429 before its
+key is looked up. A key of impossible shape is refused without a lookup.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rest_framework import exceptions
@@ -15,6 +18,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from push_app.api.throttling import AuthFailureThrottle
 from push_app.models import ApiClient
 from push_app.services import api_client_for_key, api_client_touch
 from push_app.writer import ClientRef
@@ -24,10 +28,12 @@ class ApiKeyAuthentication(BaseAuthentication):
     keyword = "Token"
 
     def authenticate(self, request: Request) -> tuple[ApiClient, ApiClient] | None:
-        key = key_from_header(get_authorization_header(request))
-        if key is None:
-            return None
-        client = check_client(api_client_for_key(key))
+        address = str(request.META.get("REMOTE_ADDR") or "")
+        with refusals_counted(address):
+            key = key_from_header(get_authorization_header(request))
+            if key is None:
+                return None
+            client = check_client(api_client_for_key(key))
         api_client_touch(client)
         return client, client
 
@@ -56,6 +62,20 @@ def key_from_header(header: bytes) -> str | None:
         raise exceptions.AuthenticationFailed("API key is not valid text.") from exc
 
 
+@contextlib.contextmanager
+def refusals_counted(address: str) -> Iterator[None]:
+    """Around the steps that may refuse a key: 429 at once if ``address`` has spent its
+    budget of failed authentications, and each 401 inside spends one attempt of it."""
+    wait_s = AuthFailureThrottle.wait(address)
+    if wait_s is not None:
+        raise AuthFailureThrottle.throttled(wait_s)
+    try:
+        yield
+    except exceptions.AuthenticationFailed:
+        AuthFailureThrottle.failed(address)
+        raise
+
+
 def check_client(client: ApiClient | None) -> ApiClient:
     """The client a key found, if it may call the API: 401 for none, 403 when deactivated."""
     if client is None:
@@ -79,7 +99,8 @@ def not_authenticated() -> exceptions.NotAuthenticated:
 
 
 class ApiKeyCache:
-    """Key to client, in this process, so the hot push path costs no query per request.
+    """Key to client, in this process, so the hot push path costs no query per request;
+    and keys found unknown, so that repeating one costs no query either.
 
     Keyed by the key's hash (what the database stores), holding active clients only, each
     for ``ttl_s``. A stale entry never lets a push through: the group commit that stores a
@@ -90,11 +111,15 @@ class ApiKeyCache:
     """
 
     ttl_s = 30.0
+    #: How long a key found unknown is refused without a lookup. Keys are random, so none
+    #: becomes known later; the bound only keeps the table fresh.
+    unknown_ttl_s = 60.0
     max_entries = 10_000
     clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, ClientRef]] = {}
+        self._unknown: dict[str, float] = {}
 
     def get(self, key_hash: str) -> ClientRef | None:
         entry = self._entries.get(key_hash)
@@ -115,5 +140,20 @@ class ApiKeyCache:
     def forget(self, key_hash: str) -> None:
         self._entries.pop(key_hash, None)
 
+    def put_unknown(self, key_hash: str) -> None:
+        if len(self._unknown) >= self.max_entries:
+            self._unknown.clear()
+        self._unknown[key_hash] = self.clock() + self.unknown_ttl_s
+
+    def is_unknown(self, key_hash: str) -> bool:
+        until = self._unknown.get(key_hash)
+        if until is None:
+            return False
+        if self.clock() >= until:
+            del self._unknown[key_hash]
+            return False
+        return True
+
     def clear(self) -> None:
         self._entries.clear()
+        self._unknown.clear()

@@ -27,7 +27,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
-from rest_framework.exceptions import APIException, UnsupportedMediaType
+from rest_framework.exceptions import APIException, AuthenticationFailed, UnsupportedMediaType
 from rest_framework.utils.mediatypes import media_type_matches
 
 from gatewaysite import metrics
@@ -41,6 +41,7 @@ from push_app.api.authentication import (
     client_deactivated,
     key_from_header,
     not_authenticated,
+    refusals_counted,
     unknown_key,
 )
 from push_app.api.errors import database_unavailable, error_body, error_parts
@@ -132,7 +133,9 @@ class PushRoutes:
         check_declared_length(None if declared is None else declared.decode("latin-1"),
                               gateway_settings.max_request_bytes)
         node = self.node()
-        client = await self.authenticate(node, headers.get(b"authorization", b""))
+        peer = scope.get("client")
+        client = await self.authenticate(node, headers.get(b"authorization", b""),
+                                         str(peer[0]) if peer else "")
         wait_s = ApiClientRateThrottle.take(client.pk)
         if wait_s is not None:
             raise ApiClientRateThrottle.throttled(wait_s)
@@ -166,15 +169,28 @@ class PushRoutes:
             bad_hosts.note(text, f"Invalid HTTP_HOST header: {text!r}.")
             raise BadHost()
 
-    async def authenticate(self, node: Node, header: bytes) -> ClientRef:
-        key = key_from_header(header)
+    async def authenticate(self, node: Node, header: bytes, address: str) -> ClientRef:
+        """As ``ApiKeyAuthentication``, with the lookups cached: a key known good costs
+        nothing (and is not held back by its address's failures), and a key of
+        impossible shape or found unknown lately is refused without a lookup."""
+        try:
+            key = key_from_header(header)
+        except AuthenticationFailed:
+            with refusals_counted(address):
+                raise
         if key is None:
             raise not_authenticated()
         key_hash = services.api_key_hash(key)
         client = self.keys.get(key_hash)
-        if client is None:
-            client = self.keys.put(check_client(await node.db(_look_up_key, key)))
-        return client
+        if client is not None:
+            return client
+        with refusals_counted(address):
+            if not services.api_key_plausible(key) or self.keys.is_unknown(key_hash):
+                raise unknown_key()
+            row = await node.db(_look_up_key, key)
+            if row is None:
+                self.keys.put_unknown(key_hash)
+            return self.keys.put(check_client(row))
 
     async def push_one(self, node: Node, client: ClientRef, data: Any) -> Answer:
         counted = metrics.bound(node.node_id)

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from gatewaysite.conf import gateway_settings
 from gatewaysite.node import Node
 from push_app import services
-from push_app.api.throttling import ApiClientRateThrottle
+from push_app.api.throttling import ApiClientRateThrottle, AuthFailureThrottle
 from push_app.messages import ControlMessage, PushMessage
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.services import api_client_create
@@ -26,8 +26,10 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("node")]
 @pytest.fixture(autouse=True)
 def fresh_buckets():
     ApiClientRateThrottle._buckets.clear()
+    AuthFailureThrottle._buckets.clear()
     yield
     ApiClientRateThrottle._buckets.clear()
+    AuthFailureThrottle._buckets.clear()
 
 
 @pytest.fixture
@@ -537,3 +539,33 @@ def test_disconnect_bad_input_is_400(api, submitted, raw):
     assert response.status_code == 400, response.content[:200]
     assert response.json()["error"] in ("invalid", "bad_json")
     assert submitted == []
+
+
+# --- failed authentication (issue #10) ------------------------------------------------------
+
+def test_failed_authentication_is_throttled_per_address(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(AuthFailureThrottle, "timer", lambda: now[0])
+    body = {"user": "u1"}
+
+    def token(key: str, address: str):
+        return APIClient(REMOTE_ADDR=address).post(
+            "/api/v1/tokens", body, format="json", HTTP_AUTHORIZATION=f"Token {key}")
+
+    with override_settings(GATEWAY_API_AUTH_FAILURES_PER_MINUTE=2):
+        assert token("gw_0123abcd_" + "A" * 43, "10.0.0.9").status_code == 401
+        assert token("nope", "10.0.0.9").status_code == 401
+        refused = token("nope", "10.0.0.9")
+        assert_error(refused, 429, "rate_limited")
+        assert 1 <= int(refused["Retry-After"]) <= 30
+        assert token("nope", "10.0.0.8").status_code == 401
+        now[0] += 30
+        assert token("nope", "10.0.0.9").status_code == 401
+
+
+def test_an_impossible_key_costs_no_query(django_assert_num_queries):
+    for key in ("not-a-gateway-key", "gw_short_key", "gw_0123abcd_" + "A" * 42 + "!"):
+        with django_assert_num_queries(0):
+            response = APIClient().post("/api/v1/tokens", {"user": "u"}, format="json",
+                                        HTTP_AUTHORIZATION=f"Token {key}")
+        assert_error(response, 401, "unauthorized")

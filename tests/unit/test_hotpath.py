@@ -25,7 +25,7 @@ from gatewaysite.middleware import bad_hosts
 from gatewaysite.node import Node
 from push_app import services
 from push_app.api.hotpath import PushRoutes
-from push_app.api.throttling import ApiClientRateThrottle
+from push_app.api.throttling import ApiClientRateThrottle, AuthFailureThrottle
 from push_app.messages import PushMessage
 from push_app.models import ApiClient, PushLog
 
@@ -37,8 +37,10 @@ HOST = "127.0.0.1:8000"
 @pytest.fixture(autouse=True)
 def fresh_buckets():
     ApiClientRateThrottle._buckets.clear()
+    AuthFailureThrottle._buckets.clear()
     yield
     ApiClientRateThrottle._buckets.clear()
+    AuthFailureThrottle._buckets.clear()
 
 
 class Inner:
@@ -78,7 +80,8 @@ def app(node: Node, inner: Inner) -> PushRoutes:
 async def call(app: PushRoutes, path: str, body: Any = None, *, method: str = "POST",
                key: str | None = None, headers: dict[str, str] | None = None,
                raw: bytes | None = None, chunks: Iterable[bytes] | None = None,
-               content_type: str | None = "application/json") -> Answer:
+               content_type: str | None = "application/json",
+               peer: str = "127.0.0.1") -> Answer:
     """One request through the ASGI app, as a server would make it."""
     if raw is None and body is not None:
         raw = json.dumps(body).encode()
@@ -110,7 +113,7 @@ async def call(app: PushRoutes, path: str, body: Any = None, *, method: str = "P
     scope = {
         "type": "http", "method": method, "path": path, "query_string": b"",
         "headers": [(k.encode(), v.encode()) for k, v in head.items()],
-        "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000), "scheme": "http",
+        "server": ("127.0.0.1", 8000), "client": (peer, 50000), "scheme": "http",
     }
     await app(scope, receive, send)
     return Answer(sent)
@@ -498,3 +501,53 @@ async def test_a_locked_database_answers_503_json_on_both_paths(app, body):
     assert (theirs.status_code, theirs.json()["error"]) == (503, "unavailable")
     assert ours.headers["content-type"] == "application/json"
     assert (await call(app, "/api/v1/push", body, key=key)).status == 202  # lock gone
+
+
+# --- failed authentication is throttled per address (issue #10) ----------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+WELL_FORMED_UNKNOWN = "gw_0123abcd_" + "A" * 43
+
+
+async def test_failed_authentication_is_throttled_per_address(app, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(AuthFailureThrottle, "timer", clock)
+    _, good = await new_key()
+    assert (await call(app, "/api/v1/push", GOOD, key=good)).status == 202  # now cached
+    with override_settings(GATEWAY_API_AUTH_FAILURES_PER_MINUTE=3):
+        for key in ("nope", WELL_FORMED_UNKNOWN, "gw_x_y"):
+            answer = await call(app, "/api/v1/push", GOOD, key=key, peer="10.0.0.9")
+            assert answer.status == 401
+        refused = await call(app, "/api/v1/push", GOOD, key=WELL_FORMED_UNKNOWN, peer="10.0.0.9")
+        assert (refused.status, refused.json()["error"]) == (429, "rate_limited")
+        assert 1 <= int(refused.headers["retry-after"]) <= 20
+        # Another address is not held back, nor a key this process already knows good.
+        assert (await call(app, "/api/v1/push", GOOD, key="nope", peer="10.0.0.8")).status == 401
+        assert (await call(app, "/api/v1/push", GOOD, key=good, peer="10.0.0.9")).status == 202
+        clock.now += 20  # a minute's budget of 3 refills one attempt in 20 s
+        assert (await call(app, "/api/v1/push", GOOD, key="nope", peer="10.0.0.9")).status == 401
+        assert (await call(app, "/api/v1/push", GOOD, key="nope", peer="10.0.0.9")).status == 429
+
+
+async def test_failed_authentication_costs_no_lookup_when_it_need_not(app, node, monkeypatch):
+    lookups: list[str] = []
+    real_db = node.db
+
+    async def counting_db(fn, *args):
+        lookups.append(fn.__name__)
+        return await real_db(fn, *args)
+
+    monkeypatch.setattr(node, "db", counting_db)
+    for key in ("not-a-gateway-key", "gw_short_key", "gw_0123abcd_" + "A" * 42 + "!"):
+        assert (await call(app, "/api/v1/push", GOOD, key=key)).status == 401
+    assert lookups == [], "a key whose format is impossible is refused without a lookup"
+    for _ in range(3):
+        assert (await call(app, "/api/v1/push", GOOD, key=WELL_FORMED_UNKNOWN)).status == 401
+    assert lookups == ["_look_up_key"], "an unknown key is remembered for a while"
