@@ -19,6 +19,7 @@ django_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
+from gatewaysite import origins  # noqa: E402
 from gatewaysite.node import get_node  # noqa: E402
 from push_app.api.hotpath import PushRoutes  # noqa: E402
 from sessions_app.consumers import GatewayConsumer  # noqa: E402
@@ -81,9 +82,10 @@ async def websocket_routes(scope: dict[str, Any], receive: Any, send: Any) -> No
     root = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root):]
-    if path == "/ws/":
+    if path == "/ws/" and origins.allowed(scope["headers"]):
         await gateway_consumer(scope, receive, send)
     else:
+        # Another path, or a browser page from an origin not in GATEWAY_ALLOWED_ORIGINS.
         await refuse_websocket(scope, receive, send)
 
 

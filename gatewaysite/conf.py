@@ -114,5 +114,10 @@ class GatewaySettings:
     def metrics_token(self) -> str:
         return str(settings.GATEWAY_METRICS_TOKEN)
 
+    @property
+    def allowed_origins(self) -> str:
+        """The raw comma-separated list (``gatewaysite.origins`` parses it once per value)."""
+        return str(settings.GATEWAY_ALLOWED_ORIGINS)
+
 
 gateway_settings = GatewaySettings()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from gatewaysite import env, logs
+from gatewaysite import env, logs, origins
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env.data_dir()
@@ -245,6 +245,10 @@ GATEWAY_METRICS_ALLOW = env.cidrs(
     "GATEWAY_METRICS_ALLOW", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
 )
 GATEWAY_METRICS_TOKEN = env.text("GATEWAY_METRICS_TOKEN", "")
+# Browser origins allowed to open /ws/ (gatewaysite/origins.py); unset: any. Parsed here
+# once so that a typo stops the node at start instead of refusing every browser.
+GATEWAY_ALLOWED_ORIGINS = env.text("GATEWAY_ALLOWED_ORIGINS", "")
+origins.parse(GATEWAY_ALLOWED_ORIGINS)
 # Connections a node is sized for: gateway_connections_ceiling, and the alert near it.
 GATEWAY_CONNECTIONS_CEILING = env.integer("GATEWAY_CONNECTIONS_CEILING", 10_000, minimum=0)
 # `manage.py runalerts`: where to notify, how often to look, and the thresholds.
