@@ -92,3 +92,18 @@ def test_limits_come_from_the_environment_settings(settings: object) -> None:
     assert django_settings.AXES_LOCKOUT_PARAMETERS == [["username", "ip_address"]]
     assert django_settings.AXES_FAILURE_LIMIT == 5
     assert timedelta(minutes=15) == django_settings.AXES_COOLOFF_TIME
+
+
+def test_an_operator_sees_and_lifts_a_lockout(staff: User, admin_client: Client) -> None:
+    attacker = Client()
+    for _ in range(6):
+        _login(attacker, "ops", "wrong", "203.0.113.9")
+    page = admin_client.get("/admin/axes/accessattempt/")
+    assert page.status_code == 200
+    assert b"203.0.113.9" in page.content
+    from axes.models import AccessAttempt
+
+    attempt = AccessAttempt.objects.get(username="ops")
+    admin_client.post(f"/admin/axes/accessattempt/{attempt.pk}/delete/", {"post": "yes"})
+    _login(attacker, "ops", PASSWORD, "203.0.113.9")
+    assert _logged_in(attacker)
