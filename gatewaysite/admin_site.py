@@ -24,7 +24,8 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 from django.utils import timezone
 
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
+from gateway_core.tokens import valid_user_id
 from push_app.models import PushLog, PushStatus
 from push_app.selectors import (
     MinuteBucket,
@@ -45,7 +46,6 @@ from sessions_app.selectors import (
     session_state,
     user_sessions,
 )
-from sessions_app.tokens import valid_user_id
 
 #: How often the dashboard page polls its live part.
 REFRESH_MS = 5000

@@ -18,7 +18,7 @@ import hmac
 import ipaddress
 from functools import lru_cache
 
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -26,10 +26,10 @@ from typing import Any, Literal, TypeVar
 from channels.layers import get_channel_layer
 from django.db import close_old_connections, connections
 
-from gatewaysite import metrics
-from gatewaysite.conf import gateway_settings
+from gateway_core import metrics
+from gateway_core.brokers import BaseBroker, create_broker
+from gateway_core.conf import gateway_settings
 from gatewaysite.supervisor import LoopFactory, Supervised
-from push_app.brokers import BaseBroker, create_broker
 from push_app.delivery import ChannelLayerListener, Deliverer
 from push_app.ledger import DeliveryLedger
 from push_app.relay import Relay

@@ -11,7 +11,8 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from gatewaysite import metrics, metrics_access
+from gateway_core import metrics
+from gatewaysite import metrics_access
 from gatewaysite.node import Node, get_node
 from push_app.delivery import LOCAL_CHANNEL_PREFIX
 

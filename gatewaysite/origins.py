@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from gatewaysite.env import ConfigError
+from gateway_core.env import ConfigError
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -56,7 +56,7 @@ def parse(raw: str) -> frozenset[str]:
 def allowed(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether a handshake with these (ASGI, lower-case) headers may open ``/ws/``."""
     # Imported here: settings import this module (to check the value at start).
-    from gatewaysite.conf import gateway_settings
+    from gateway_core.conf import gateway_settings
 
     raw = gateway_settings.allowed_origins
     if not raw:

@@ -57,7 +57,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
 from gatewaysite.node import Node
 
 logger = logging.getLogger("gateway.server")

@@ -1,8 +1,8 @@
 """Django settings for the gateway.
 
-Every value a deployment changes comes from the environment through ``gatewaysite.env``
+Every value a deployment changes comes from the environment through ``gateway_core.env``
 (the table lives in ../shared/PROTOCOL.md section 4 and the README). Code reads these
-settings at use time through ``gatewaysite.conf``.
+settings at use time through ``gateway_core.conf``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import dj_database_url
 
-from gatewaysite import env, logs, origins
+from gateway_core import env, logs
+from gatewaysite import origins
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env.data_dir()
@@ -67,10 +68,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: answers a bad Host before any other middleware asks for it, and keeps every
     # answer under /api/ JSON, whichever middleware or view made it.
-    "gatewaysite.middleware.ApiErrorsMiddleware",
+    "gateway_core.middleware.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "gatewaysite.middleware.ChunkedBodyLengthMiddleware",
+    "gateway_core.middleware.ChunkedBodyLengthMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

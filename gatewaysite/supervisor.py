@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gatewaysite import metrics
+from gateway_core import metrics
 
 logger = logging.getLogger("gateway.supervisor")
 

@@ -26,6 +26,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
+from gateway_core.tokens import valid_user_id
 from gatewaysite.admin_site import StrictActionsMixin
 from gatewaysite.node import get_node
 from push_app.models import ApiClient, PushLog, PushStatus
@@ -40,7 +41,6 @@ from push_app.services import (
 from push_app.validation import RequestInvalid
 from sessions_app.models import Node
 from sessions_app.selectors import alive_since, node_state
-from sessions_app.tokens import valid_user_id
 
 TEST_PUSH_PERM = "push_app.send_test_push"
 #: The longest pretty-printed payload the push page shows.

@@ -12,9 +12,9 @@ import signal
 from channels.layers import get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 
-from gatewaysite import metrics
-from gatewaysite.conf import gateway_settings
-from push_app.brokers import BaseBroker, create_broker
+from gateway_core import metrics
+from gateway_core.brokers import BaseBroker, create_broker
+from gateway_core.conf import gateway_settings
 from push_app.delivery import ChannelLayerForwarder
 
 logger = logging.getLogger("gateway.consumer")

@@ -17,11 +17,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from gatewaysite import metrics
-from gatewaysite.conf import gateway_settings
-from gatewaysite.logs import push_id_var
-from push_app.ledger import DeliveryLedger
-from push_app.messages import (
+from gateway_core import metrics
+from gateway_core.conf import gateway_settings
+from gateway_core.logs import push_id_var
+from gateway_core.messages import (
     BadMessage,
     ControlMessage,
     Message,
@@ -29,6 +28,7 @@ from push_app.messages import (
     decode_many,
     encode,
 )
+from push_app.ledger import DeliveryLedger
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.registry import ChannelSession, SessionManager

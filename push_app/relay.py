@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 from django.db import connection, transaction
 from django.utils import timezone
 
-from gatewaysite import metrics
-from push_app.brokers.base import BaseBroker, BrokerUnavailable
-from push_app.messages import Message, PushMessage
+from gateway_core import metrics
+from gateway_core.brokers.base import BaseBroker, BrokerUnavailable
+from gateway_core.messages import Message, PushMessage
 from push_app.models import PushLog, PushStatus
 from push_app.services import push_message
 

@@ -20,11 +20,11 @@ from datetime import datetime, timedelta
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from gatewaysite.conf import gateway_settings
-from push_app.messages import ControlMessage, Message, PushMessage
+from gateway_core.conf import gateway_settings
+from gateway_core.messages import ControlMessage, Message, PushMessage
+from gateway_core.tokens import encode_token
 from push_app.models import ApiClient, PushDelivery, PushLog, PushStatus
 from push_app.validation import PushRequest, RequestInvalid, TokenRequest, push_request
-from sessions_app.tokens import encode_token
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 #: Past this many unpublished messages in this process, new pushes get 503.

@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from gatewaysite.conf import gateway_settings
-from sessions_app.tokens import valid_user_id
+from gateway_core.conf import gateway_settings
+from gateway_core.tokens import valid_user_id
 
 MAX_TTL_S = 7 * 24 * 3600
 MAX_TOPIC_CHARS = 200

@@ -44,8 +44,8 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
+from gateway_core.messages import Message, PushMessage
 from push_app import services
-from push_app.messages import Message, PushMessage
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.validation import PushRequest, RequestInvalid
 

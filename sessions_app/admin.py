@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
+from gateway_core.tokens import valid_user_id
 from gatewaysite.admin_site import StrictActionsMixin
 from gatewaysite.node import get_node
 from sessions_app.models import Node, SessionRecord
@@ -40,7 +41,6 @@ from sessions_app.services import (
     console_sessions_disconnect,
     console_user_disconnect,
 )
-from sessions_app.tokens import valid_user_id
 
 DISCONNECT_PERM = "sessions_app.disconnect_session"
 

@@ -15,15 +15,15 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer
 
-from gatewaysite import logs, metrics
-from gatewaysite.conf import gateway_settings
+from gateway_core import logs, metrics
+from gateway_core.conf import gateway_settings
+from gateway_core.tokens import InvalidToken, decode_token
 from gatewaysite.node import Node, get_node
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.flow import QUEUED, WRITE, SendBuffer, UnboundedSendBuffer, send_buffer_for
 from sessions_app.hub import INTERNAL_ERROR
 from sessions_app.registry import ChannelSession
-from sessions_app.tokens import InvalidToken, decode_token
 
 #: The close code recorded for a connection that ended without a close frame.
 ABNORMAL_CLOSURE = 1006

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from gatewaysite import metrics
+from gateway_core import metrics
 from sessions_app.close_codes import CloseCode
 from sessions_app.recorder import SessionRecorder
 from sessions_app.registry import ChannelSession, SessionManager

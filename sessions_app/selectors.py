@@ -17,7 +17,7 @@ from typing import Literal
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
 from sessions_app.close_codes import REASONS
 from sessions_app.models import Node, SessionRecord
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.db.models import QuerySet
 
-from push_app.messages import ControlMessage
+from gateway_core.messages import ControlMessage
 from push_app.services import Submit, sessions_disconnect, user_disconnect
 from sessions_app.models import Node, SessionRecord
 

@@ -30,9 +30,10 @@ from django.http.request import split_domain_port, validate_host
 from rest_framework.exceptions import APIException, AuthenticationFailed, UnsupportedMediaType
 from rest_framework.utils.mediatypes import media_type_matches
 
-from gatewaysite import metrics
-from gatewaysite.conf import gateway_settings
-from gatewaysite.middleware import bad_hosts
+from gateway_core import metrics
+from gateway_core.conf import gateway_settings
+from gateway_core.messages import Message
+from gateway_core.middleware import bad_hosts
 from gatewaysite.node import Node, get_node
 from push_app import services, validation
 from push_app.api.authentication import (
@@ -47,7 +48,6 @@ from push_app.api.authentication import (
 from push_app.api.errors import database_unavailable, error_body, error_parts
 from push_app.api.parsers import body_too_large, check_declared_length, parse_json
 from push_app.api.throttling import ApiClientRateThrottle
-from push_app.messages import Message
 from push_app.models import ApiClient
 from push_app.validation import PushRequest, RequestInvalid
 from push_app.writer import DATABASE_DOWN, ClientRef, ClientRevoked, store_keyed
@@ -128,7 +128,7 @@ class PushRoutes:
         for name, value in scope["headers"]:
             headers[name] = value  # ASGI servers lower-case the names
         self._check_host(headers.get(b"host"), scope)
-        # Before the key is looked up, as gatewaysite.middleware does for the DRF views.
+        # Before the key is looked up, as gateway_core.middleware does for the DRF views.
         declared = headers.get(b"content-length")
         check_declared_length(None if declared is None else declared.decode("latin-1"),
                               gateway_settings.max_request_bytes)

@@ -9,7 +9,7 @@ from typing import Any
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
 from push_app.validation import MAX_DEPTH, printable
 
 

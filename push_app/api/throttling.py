@@ -24,7 +24,7 @@ from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
 from push_app.models import ApiClient
 
 

@@ -14,14 +14,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from gatewaysite import metrics
-from gatewaysite.conf import gateway_settings
+from gateway_core import metrics
+from gateway_core.conf import gateway_settings
+from gateway_core.tokens import valid_user_id
 from gatewaysite.node import get_node
 from push_app import selectors, services, validation
 from push_app.api.errors import error_body
 from push_app.models import ApiClient
 from push_app.validation import RequestInvalid
-from sessions_app.tokens import valid_user_id
 
 _PUSH_BODY = inline_serializer("PushBody", {
     "users": serializers.ListField(child=serializers.CharField(), required=False),

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from push_app.brokers.base import BaseBroker
-from push_app.brokers.redis import RedisBroker
-from push_app.brokers.rocketmq import RocketMQBroker
-from push_app.messages import PushMessage, decode_many
+from gateway_core.brokers.base import BaseBroker
+from gateway_core.brokers.redis import RedisBroker
+from gateway_core.brokers.rocketmq import RocketMQBroker
+from gateway_core.messages import PushMessage, decode_many
 from tests.support.services import redis_url, rocketmq_endpoint
 
 

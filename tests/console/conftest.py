@@ -13,8 +13,8 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
 
+from gateway_core.brokers.local import LocalBroker
 from gatewaysite.node import Node, set_node
-from push_app.brokers.local import LocalBroker
 from push_app.models import PushDelivery, PushLog, PushStatus
 from push_app.services import new_push_id
 from sessions_app.models import Node as NodeRow

@@ -8,7 +8,7 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
-from push_app.messages import ControlMessage
+from gateway_core.messages import ControlMessage
 from tests.console.conftest import make_node, make_session
 
 pytestmark = pytest.mark.django_db

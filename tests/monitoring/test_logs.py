@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from gatewaysite import logs
-from gatewaysite.env import ConfigError
+from gateway_core import logs
+from gateway_core.env import ConfigError
 
 
 @pytest.fixture

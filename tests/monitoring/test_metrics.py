@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from gatewaysite import metrics
-from push_app.brokers.local import LocalBroker
+from gateway_core import metrics
+from gateway_core.brokers.local import LocalBroker
+from gateway_core.messages import PushMessage, encode
 from push_app.delivery import ChannelLayerForwarder, ChannelLayerListener, Deliverer
 from push_app.ledger import DeliveryLedger
-from push_app.messages import PushMessage, encode
 from push_app.relay import Relay
 from sessions_app.registry import SessionManager
 from tests.support.gateway import REPO
@@ -168,7 +168,7 @@ async def test_channel_layer_lag_from_forwarder_to_listener() -> None:
 
 _WORKER = textwrap.dedent("""
     import os, sys, time
-    from gatewaysite import metrics
+    from gateway_core import metrics
     node, role, connections = sys.argv[1], sys.argv[2], int(sys.argv[3])
     metrics.bound(node).deliveries.inc(connections)
     metrics.bound(node).push_latency.observe(0.01)
@@ -183,7 +183,7 @@ _WORKER = textwrap.dedent("""
 
 def _render_in(env: dict[str, str]) -> str:
     return subprocess.run(
-        [sys.executable, "-c", "from gatewaysite import metrics; "
+        [sys.executable, "-c", "from gateway_core import metrics; "
          "print(metrics.render().decode())"],
         cwd=REPO, env=env, capture_output=True, text=True, check=True, timeout=30,
     ).stdout

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from gatewaysite import metrics
+from gateway_core import metrics
 from tests.support.gateway import REPO
 
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"

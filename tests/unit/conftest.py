@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from asgiref.sync import sync_to_async
 
+from gateway_core.brokers.local import LocalBroker
 from gatewaysite.node import Node, set_node
-from push_app.brokers.local import LocalBroker
 from sessions_app.close_codes import CloseCode
 from sessions_app.registry import ChannelSession
 

@@ -8,16 +8,16 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
+from gateway_core.messages import ControlMessage, PushMessage
+from gateway_core.tokens import decode_token
 from gatewaysite.node import Node
 from push_app import services
 from push_app.api.throttling import ApiClientRateThrottle, AuthFailureThrottle
-from push_app.messages import ControlMessage, PushMessage
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.services import api_client_create
 from sessions_app.models import Node as NodeRow
 from sessions_app.models import SessionRecord
-from sessions_app.tokens import decode_token
 from tests.unit.conftest import make_session
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("node")]

@@ -6,9 +6,9 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from push_app.brokers import BACKENDS, BaseBroker, BrokerUnavailable, create_broker
-from push_app.brokers.local import LocalBroker
-from push_app.messages import Message, PushMessage
+from gateway_core.brokers import BACKENDS, BaseBroker, BrokerUnavailable, create_broker
+from gateway_core.brokers.local import LocalBroker
+from gateway_core.messages import Message, PushMessage
 
 
 def push(push_id: str) -> PushMessage:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from push_app.brokers import rocketmq
-from push_app.brokers.rocketmq import RocketMQBroker
+from gateway_core.brokers import rocketmq
+from gateway_core.brokers.rocketmq import RocketMQBroker
 
 
 class FakeConsumer:

@@ -9,14 +9,14 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from gatewaysite import metrics
-from gatewaysite.conf import gateway_settings
+from gateway_core import metrics
+from gateway_core.conf import gateway_settings
+from gateway_core.messages import ControlMessage, PushMessage
+from gateway_core.tokens import encode_token
 from gatewaysite.node import Node
-from push_app.messages import ControlMessage, PushMessage
 from sessions_app.close_codes import CloseCode
 from sessions_app.consumers import GatewayConsumer
 from sessions_app.flow import TOO_SLOW
-from sessions_app.tokens import encode_token
 
 pytestmark = pytest.mark.usefixtures("node")
 

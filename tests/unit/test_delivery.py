@@ -8,7 +8,8 @@ import uuid
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from gatewaysite import metrics
+from gateway_core import metrics
+from gateway_core.messages import ControlMessage, PushMessage, encode, encode_batch
 from push_app.delivery import (
     NODE_GROUP,
     STALE_GRACE_MS,
@@ -17,7 +18,6 @@ from push_app.delivery import (
     Deliverer,
 )
 from push_app.ledger import DeliveryLedger
-from push_app.messages import ControlMessage, PushMessage, encode, encode_batch
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder
 from sessions_app.registry import SessionManager

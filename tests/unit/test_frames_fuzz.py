@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pytest
-
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
+from gateway_core.tokens import encode_token
 from sessions_app import frames
 from sessions_app.consumers import GatewayConsumer
-from sessions_app.tokens import encode_token
 
 pytestmark = pytest.mark.usefixtures("node")
 

@@ -20,13 +20,13 @@ from django.db import connection
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from gatewaysite import metrics
-from gatewaysite.middleware import bad_hosts
+from gateway_core import metrics
+from gateway_core.messages import PushMessage
+from gateway_core.middleware import bad_hosts
 from gatewaysite.node import Node
 from push_app import services
 from push_app.api.hotpath import PushRoutes
 from push_app.api.throttling import ApiClientRateThrottle, AuthFailureThrottle
-from push_app.messages import PushMessage
 from push_app.models import ApiClient, PushLog
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from gatewaysite import metrics
+from gateway_core import metrics
 from sessions_app.close_codes import CloseCode
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from push_app.messages import (
+from gateway_core.messages import (
     BadMessage,
     ControlMessage,
     PushMessage,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from django.test import Client, override_settings
 
+from gateway_core.env import ConfigError
 from gatewaysite import metrics_access
-from gatewaysite.env import ConfigError
 
 PUBLIC = "203.0.113.5"
 
@@ -81,7 +81,7 @@ def test_networks_are_parsed_once_per_value() -> None:
 
 
 def test_a_bad_cidr_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gatewaysite import env
+    from gateway_core import env
 
     monkeypatch.setenv("GATEWAY_METRICS_ALLOW", "10.0.0.0/8,not-a-network")
     with pytest.raises(ConfigError, match="GATEWAY_METRICS_ALLOW"):

@@ -1,5 +1,5 @@
 """Every answer under /api/ is JSON (PROTOCOL.md section 2), and a bad Host header is
-answered and logged quietly (gatewaysite/middleware.py)."""
+answered and logged quietly (gateway_core/middleware.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from django.http import HttpResponse
 from django.test import Client, RequestFactory, override_settings
 from rest_framework.test import APIClient
 
-from gatewaysite import middleware
+from gateway_core import middleware
 from push_app.services import api_client_create
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("node")]

@@ -9,17 +9,17 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from gatewaysite import metrics
-from gatewaysite.conf import gateway_settings
+from gateway_core import metrics
+from gateway_core.brokers.local import LocalBroker
+from gateway_core.conf import gateway_settings
+from gateway_core.tokens import encode_token
 from gatewaysite.node import Node, set_node
 from push_app import services
-from push_app.brokers.local import LocalBroker
 from push_app.models import PushLog, PushStatus
 from push_app.validation import push_request
 from sessions_app.consumers import GatewayConsumer
 from sessions_app.models import Node as NodeRow
 from sessions_app.models import SessionRecord
-from sessions_app.tokens import encode_token
 
 
 async def eventually(predicate, *, timeout_s: float = 3.0) -> None:

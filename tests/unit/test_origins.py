@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
+from gateway_core.env import ConfigError
 from gatewaysite import origins
-from gatewaysite.env import ConfigError
 
 
 def _headers(origin: str | None) -> list[tuple[bytes, bytes]]:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from asgiref.sync import sync_to_async
 
+from gateway_core.brokers.base import BrokerUnavailable
+from gateway_core.brokers.local import LocalBroker
+from gateway_core.messages import ControlMessage, PushMessage, decode_many, encode, encode_batch
 from push_app import relay as relay_module
-from push_app.brokers.base import BrokerUnavailable
-from push_app.brokers.local import LocalBroker
-from push_app.messages import ControlMessage, PushMessage, decode_many, encode, encode_batch
 from push_app.models import PushLog, PushStatus
 from push_app.relay import TTL_FAILURE, Relay
 from push_app.services import push_message

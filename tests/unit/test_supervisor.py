@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gatewaysite import metrics
+from gateway_core import metrics
 from gatewaysite.supervisor import Supervised
 
 

@@ -5,7 +5,7 @@ import time
 import jwt
 import pytest
 
-from sessions_app.tokens import Claims, InvalidToken, decode_token, encode_token, valid_user_id
+from gateway_core.tokens import Claims, InvalidToken, decode_token, encode_token, valid_user_id
 
 SECRET = "unit-secret-" + "0123456789abcdef" * 4
 

@@ -10,8 +10,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, OperationalError
 
+from gateway_core.messages import PushMessage
 from push_app import services, writer
-from push_app.messages import PushMessage
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.selectors import users_contain_q
 from push_app.validation import PushRequest, RequestInvalid, push_request

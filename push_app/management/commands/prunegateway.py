@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
 from push_app.services import push_logs_prune
 from sessions_app.services import nodes_prune, sessions_prune
 

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gatewaysite import metrics
+from gateway_core import metrics
 from push_app import consumer
 
 

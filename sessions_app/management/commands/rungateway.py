@@ -13,8 +13,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
+from gateway_core.conf import gateway_settings
 from gatewaysite import workers as worker_processes
-from gatewaysite.conf import gateway_settings
 from gatewaysite.node import Node, set_node
 from gatewaysite.servers import LISTEN_BACKLOG, SERVERS, ServerError
 

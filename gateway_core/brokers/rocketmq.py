@@ -30,9 +30,9 @@ import re
 import time
 from typing import Any
 
-from gatewaysite import metrics
-from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler, task_cancelled
-from push_app.messages import (
+from gateway_core import metrics
+from gateway_core.brokers.base import BaseBroker, BrokerUnavailable, Handler, task_cancelled
+from gateway_core.messages import (
     TAG_CONTROL,
     TAG_PUSH,
     Message,

@@ -105,7 +105,7 @@ class JsonFormatter(logging.Formatter):
 def logging_config(*, node_id: str, level: str, log_format: str) -> dict[str, Any]:
     """Django's ``LOGGING`` for ``GATEWAY_LOG_FORMAT`` ``plain`` or ``json``."""
     if log_format not in ("plain", "json"):
-        from gatewaysite.env import ConfigError
+        from gateway_core.env import ConfigError
 
         raise ConfigError(f"GATEWAY_LOG_FORMAT must be plain or json, got {log_format!r}")
     return {

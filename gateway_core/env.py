@@ -1,7 +1,7 @@
 """Everything the gateway reads from the environment, in one place.
 
 Settings import this module once; the rest of the code reads Django settings (through
-``gatewaysite.conf``), never ``os.environ``, so ``override_settings`` works in tests.
+``gateway_core.conf``), never ``os.environ``, so ``override_settings`` works in tests.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
-from push_app.messages import Message
+from gateway_core.brokers.base import BaseBroker, BrokerUnavailable, Handler
+from gateway_core.messages import Message
 
 
 class LocalBroker(BaseBroker):

@@ -7,13 +7,13 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from gatewaysite.conf import gateway_settings
-from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler
+from gateway_core.brokers.base import BaseBroker, BrokerUnavailable, Handler
+from gateway_core.conf import gateway_settings
 
 BACKENDS = {
-    "local": "push_app.brokers.local.LocalBroker",
-    "rocketmq": "push_app.brokers.rocketmq.RocketMQBroker",
-    "redis": "push_app.brokers.redis.RedisBroker",
+    "local": "gateway_core.brokers.local.LocalBroker",
+    "rocketmq": "gateway_core.brokers.rocketmq.RocketMQBroker",
+    "redis": "gateway_core.brokers.redis.RedisBroker",
 }
 
 __all__ = ["BACKENDS", "BaseBroker", "BrokerUnavailable", "Handler", "create_broker"]

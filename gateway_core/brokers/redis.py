@@ -21,9 +21,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gatewaysite import metrics
-from push_app.brokers.base import BaseBroker, BrokerUnavailable, Handler, task_cancelled
-from push_app.messages import TAG_PUSH, Message, PushMessage, encode, encode_batch
+from gateway_core import metrics
+from gateway_core.brokers.base import BaseBroker, BrokerUnavailable, Handler, task_cancelled
+from gateway_core.messages import TAG_PUSH, Message, PushMessage, encode, encode_batch
 
 logger = logging.getLogger("gateway.broker.redis")
 

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from push_app.messages import Message, PushMessage
+from gateway_core.messages import Message, PushMessage
 
 #: Receives the raw bytes of one broker message (decoding belongs to the delivery side), or,
 #: from the in-process ``local`` broker, the message itself: it crosses no wire, and its
@@ -31,7 +31,7 @@ class BrokerUnavailable(Exception):
 
 
 class BaseBroker:
-    """A pluggable broker, loaded from ``push_app.brokers.BACKENDS`` by name."""
+    """A pluggable broker, loaded from ``gateway_core.brokers.BACKENDS`` by name."""
 
     name = "base"
     #: Whether the relay should publish a window of messages at once (network brokers: many

@@ -12,7 +12,7 @@ from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import bad_request
 
-from gatewaysite.conf import gateway_settings
+from gateway_core.conf import gateway_settings
 
 #: Django's own logger for this, so that operators' filters and handlers still apply.
 bad_host_logger = logging.getLogger("django.security.DisallowedHost")
