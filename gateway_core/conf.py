@@ -116,7 +116,7 @@ class GatewaySettings:
 
     @property
     def allowed_origins(self) -> str:
-        """The raw comma-separated list (``gatewaysite.origins`` parses it once per value)."""
+        """The raw comma-separated list (``gateway_node.origins`` parses it once per value)."""
         return str(settings.GATEWAY_ALLOWED_ORIGINS)
 
 

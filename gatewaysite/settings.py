@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 
 from gateway_core import env, logs
-from gatewaysite import origins
+from gateway_node import origins
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env.data_dir()
@@ -63,6 +63,8 @@ INSTALLED_APPS = [
     "sessions_app",
     "push_app",
     "monitoring",
+    # The runtime: the node, its servers, rungateway and runconsumer.
+    "gateway_node",
 ]
 
 MIDDLEWARE = [
@@ -240,13 +242,13 @@ GATEWAY_RETENTION_SESSION_DAYS = env.integer("GATEWAY_RETENTION_SESSION_DAYS", 7
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_REQUEST_BYTES + 1024 * 1024
 
 # --- Monitoring and alerting (docs/monitoring.md) --------------------------------------
-# Who may read /metrics (gatewaysite/metrics_access.py): peers in these networks, or a bearer
+# Who may read /metrics (gateway_node/metrics_access.py): peers in these networks, or a bearer
 # of the token (unset: no token opens it).
 GATEWAY_METRICS_ALLOW = env.cidrs(
     "GATEWAY_METRICS_ALLOW", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
 )
 GATEWAY_METRICS_TOKEN = env.text("GATEWAY_METRICS_TOKEN", "")
-# Browser origins allowed to open /ws/ (gatewaysite/origins.py); unset: any. Parsed here
+# Browser origins allowed to open /ws/ (gateway_node/origins.py); unset: any. Parsed here
 # once so that a typo stops the node at start instead of refusing every browser.
 GATEWAY_ALLOWED_ORIGINS = env.text("GATEWAY_ALLOWED_ORIGINS", "")
 origins.parse(GATEWAY_ALLOWED_ORIGINS)

@@ -3,7 +3,7 @@ from django.urls import include, path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from gatewaysite import ops
+from gateway_node import ops
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -27,8 +27,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
 from gateway_core.tokens import valid_user_id
+from gateway_node.node import get_node
 from gatewaysite.admin_site import StrictActionsMixin
-from gatewaysite.node import get_node
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.selectors import users_contain_q
 from push_app.services import (

@@ -25,8 +25,8 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from gateway_core.tokens import valid_user_id
+from gateway_node.node import get_node
 from gatewaysite.admin_site import StrictActionsMixin
-from gatewaysite.node import get_node
 from sessions_app.models import Node, SessionRecord
 from sessions_app.selectors import (
     ago,

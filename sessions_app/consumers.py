@@ -18,7 +18,7 @@ from channels.consumer import AsyncConsumer
 from gateway_core import logs, metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import InvalidToken, decode_token
-from gatewaysite.node import Node, get_node
+from gateway_node.node import Node, get_node
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.flow import QUEUED, WRITE, SendBuffer, UnboundedSendBuffer, send_buffer_for

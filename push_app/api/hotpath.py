@@ -1,6 +1,6 @@
 """``POST /api/v1/push`` and ``POST /api/v1/push/batch`` served as plain ASGI: the hot path.
 
-``PushRoutes`` sits in front of Django in ``gatewaysite.asgi`` and answers these two routes
+``PushRoutes`` sits in front of Django in ``gateway_node.asgi`` and answers these two routes
 itself, on the event loop; any other method or path goes on to Django. Per request, DRF
 would cost a thread hop, Django's middleware stack (sessions, CSRF, WhiteNoise: none of
 which the API needs), DRF's request machinery, a key lookup in the database and one
@@ -34,7 +34,7 @@ from gateway_core import metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import Message
 from gateway_core.middleware import bad_hosts
-from gatewaysite.node import Node, get_node
+from gateway_node.node import Node, get_node
 from push_app import services, validation
 from push_app.api.authentication import (
     ApiKeyCache,

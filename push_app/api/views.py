@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from gateway_core import metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import valid_user_id
-from gatewaysite.node import get_node
+from gateway_node.node import get_node
 from push_app import selectors, services, validation
 from push_app.api.errors import error_body
 from push_app.models import ApiClient

@@ -1,4 +1,4 @@
-"""``rungateway --workers 2`` (gatewaysite/workers.py): two worker processes on one port,
+"""``rungateway --workers 2`` (gateway_node/workers.py): two worker processes on one port,
 each a node of the cluster (``<node id>-w1``, ``-w2``), on the Redis broker and a fresh
 PostgreSQL database that only the supervisor migrates (the workers run ``--no-migrate``),
 under each server (``--server daphne``, ``uvicorn``).
@@ -77,7 +77,7 @@ def _cleanup_redis(url: str, gw: GatewayProcess) -> None:
 def supervisor(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """``rungateway --workers 2`` on a fresh, unmigrated database, all workers serving."""
-    from gatewaysite.servers import SERVERS
+    from gateway_node.servers import SERVERS
 
     if request.param not in SERVERS:
         pytest.skip(f"no --server {request.param}")

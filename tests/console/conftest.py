@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from gateway_core.brokers.local import LocalBroker
-from gatewaysite.node import Node, set_node
+from gateway_node.node import Node, set_node
 from push_app.models import PushDelivery, PushLog, PushStatus
 from push_app.services import new_push_id
 from sessions_app.models import Node as NodeRow

@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from gateway_core.brokers.local import LocalBroker
-from gatewaysite.node import Node, set_node
+from gateway_node.node import Node, set_node
 from sessions_app.close_codes import CloseCode
 from sessions_app.registry import ChannelSession
 

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import ControlMessage, PushMessage
 from gateway_core.tokens import decode_token
-from gatewaysite.node import Node
+from gateway_node.node import Node
 from push_app import services
 from push_app.api.throttling import ApiClientRateThrottle, AuthFailureThrottle
 from push_app.models import ApiClient, PushLog, PushStatus

@@ -13,7 +13,7 @@ from gateway_core import metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import ControlMessage, PushMessage
 from gateway_core.tokens import encode_token
-from gatewaysite.node import Node
+from gateway_node.node import Node
 from sessions_app.close_codes import CloseCode
 from sessions_app.consumers import GatewayConsumer
 from sessions_app.flow import TOO_SLOW

@@ -23,7 +23,7 @@ from rest_framework.test import APIClient
 from gateway_core import metrics
 from gateway_core.messages import PushMessage
 from gateway_core.middleware import bad_hosts
-from gatewaysite.node import Node
+from gateway_node.node import Node
 from push_app import services
 from push_app.api.hotpath import PushRoutes
 from push_app.api.throttling import ApiClientRateThrottle, AuthFailureThrottle

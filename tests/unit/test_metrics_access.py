@@ -8,7 +8,7 @@ import pytest
 from django.test import Client, override_settings
 
 from gateway_core.env import ConfigError
-from gatewaysite import metrics_access
+from gateway_node import metrics_access
 
 PUBLIC = "203.0.113.5"
 

@@ -13,7 +13,7 @@ from gateway_core import metrics
 from gateway_core.brokers.local import LocalBroker
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import encode_token
-from gatewaysite.node import Node, set_node
+from gateway_node.node import Node, set_node
 from push_app import services
 from push_app.models import PushLog, PushStatus
 from push_app.validation import push_request

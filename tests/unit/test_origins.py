@@ -8,7 +8,7 @@ import pytest
 from django.test import override_settings
 
 from gateway_core.env import ConfigError
-from gatewaysite import origins
+from gateway_node import origins
 
 
 def _headers(origin: str | None) -> list[tuple[bytes, bytes]]:

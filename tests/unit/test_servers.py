@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from gatewaysite.servers import (
+from gateway_node.servers import (
     LISTEN_BACKLOG,
     SERVERS,
     ServerError,

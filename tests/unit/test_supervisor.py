@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gateway_core import metrics
-from gatewaysite.supervisor import Supervised
+from gateway_node.supervisor import Supervised
 
 
 class Script:

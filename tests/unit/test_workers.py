@@ -1,4 +1,4 @@
-"""The ``--workers`` supervisor (gatewaysite/workers.py) with stand-in workers: small Python
+"""The ``--workers`` supervisor (gateway_node/workers.py) with stand-in workers: small Python
 processes that follow the worker protocol (a byte on ``--ready-fd`` once serving, exit 0 on
 SIGTERM), so restarts, failures and stopping are checked in seconds, without Django."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gatewaysite import workers
-from gatewaysite.workers import Supervisor, Worker
+from gateway_node import workers
+from gateway_node.workers import Supervisor, Worker
 
 pytestmark = pytest.mark.skipif(not workers.supported(), reason="--workers needs Linux")
 

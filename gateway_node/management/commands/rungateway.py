@@ -1,5 +1,5 @@
 """``manage.py rungateway``: a whole node in one process (PROTOCOL.md section 5), or with
-``--workers N`` one per worker process on the same port (``gatewaysite/workers.py``)."""
+``--workers N`` one per worker process on the same port (``gateway_node/workers.py``)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from gateway_core.conf import gateway_settings
-from gatewaysite import workers as worker_processes
-from gatewaysite.node import Node, set_node
-from gatewaysite.servers import LISTEN_BACKLOG, SERVERS, ServerError
+from gateway_node import workers as worker_processes
+from gateway_node.node import Node, set_node
+from gateway_node.servers import LISTEN_BACKLOG, SERVERS, ServerError
 
 
 class Command(BaseCommand):

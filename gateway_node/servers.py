@@ -58,7 +58,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway_core.conf import gateway_settings
-from gatewaysite.node import Node
+from gateway_node.asgi import build_application
+from gateway_node.node import Node
 
 logger = logging.getLogger("gateway.server")
 LISTEN_BACKLOG = 2048
@@ -83,7 +84,7 @@ def run_daphne(*, host: str, port: int, node: Node,
 
     reactor: Any = _reactor  # the installed reactor's interfaces are not in its stubs
 
-    from gatewaysite.asgi import application
+    application = build_application(node=lambda: node)
 
     plain_autobahn_log_fields()
     skip_twisted_form_parsing()
@@ -175,7 +176,7 @@ def run_uvicorn(*, host: str, port: int, node: Node,
     ``sock`` (already listening) instead of binding ``host:port`` when given."""
     import uvicorn
 
-    from gatewaysite.asgi import application
+    application = build_application(node=lambda: node)
 
     settle_garbage_collector()
     if sock is None:

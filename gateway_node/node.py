@@ -29,7 +29,7 @@ from django.db import close_old_connections, connections
 from gateway_core import metrics
 from gateway_core.brokers import BaseBroker, create_broker
 from gateway_core.conf import gateway_settings
-from gatewaysite.supervisor import LoopFactory, Supervised
+from gateway_node.supervisor import LoopFactory, Supervised
 from push_app.delivery import ChannelLayerListener, Deliverer
 from push_app.ledger import DeliveryLedger
 from push_app.relay import Relay

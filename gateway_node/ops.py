@@ -12,8 +12,8 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from gateway_core import metrics
-from gatewaysite import metrics_access
-from gatewaysite.node import Node, get_node
+from gateway_node import metrics_access
+from gateway_node.node import Node, get_node
 from push_app.delivery import LOCAL_CHANNEL_PREFIX
 
 #: Each dependency gets this long to answer /readyz.

@@ -9,7 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from gateway_core import metrics
-from push_app import consumer
+from gateway_node import broker_process
 
 
 class Command(BaseCommand):
@@ -26,7 +26,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, metrics_port: int = 0, metrics_host: str = "127.0.0.1",
                **options: Any) -> None:
         try:
-            consumer.check_configuration()
+            broker_process.check_configuration()
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         if metrics_port:
@@ -36,4 +36,4 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}"
                 ) from exc
-        asyncio.run(consumer.run())
+        asyncio.run(broker_process.run())

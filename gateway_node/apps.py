@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class GatewayNodeConfig(AppConfig):
+    name = "gateway_node"
+    verbose_name = "Gateway node"
