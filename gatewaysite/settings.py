@@ -47,8 +47,8 @@ SILENCED_SYSTEM_CHECKS = [
 
 INSTALLED_APPS = [
     "daphne",
-    # Django's admin with the operator console as its site (gatewaysite/admin_site.py).
-    "gatewaysite.apps.ConsoleAdminConfig",
+    # Django's admin with the operator console as its site (console/admin_site.py).
+    "console.apps.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -63,6 +63,8 @@ INSTALLED_APPS = [
     "sessions_app",
     "push_app",
     "monitoring",
+    # The operator console (its admin site is the one above) and prunegateway.
+    "console",
     # The runtime: the node, its servers, rungateway and runconsumer.
     "gateway_node",
 ]

@@ -23,7 +23,7 @@ from django.utils import timezone
 from push_app.models import PushLog
 from push_app.selectors import users_contain_q
 from push_app.services import new_push_id
-from gatewaysite.admin_site import dashboard_data, dashboard_json
+from console.admin_site import dashboard_data, dashboard_json
 assert connection.vendor == "postgresql", connection.vendor
 ids = {}
 for name, users in (("both", ["u1", "u2"]), ("u10", ["u10"]), ("upper", ["U1"])):

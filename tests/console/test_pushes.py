@@ -9,8 +9,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from console.admin_push import PAYLOAD_PREVIEW_CHARS
 from gateway_core.messages import PushMessage
-from push_app.admin import PAYLOAD_PREVIEW_CHARS
 from push_app.models import PushLog, PushStatus
 from tests.console.conftest import make_node, make_push, make_session
 

@@ -26,9 +26,9 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
+from console.admin_site import StrictActionsMixin
 from gateway_core.tokens import valid_user_id
 from gateway_node.node import get_node
-from gatewaysite.admin_site import StrictActionsMixin
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.selectors import users_contain_q
 from push_app.services import (

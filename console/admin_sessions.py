@@ -24,9 +24,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
+from console.admin_site import StrictActionsMixin
 from gateway_core.tokens import valid_user_id
 from gateway_node.node import get_node
-from gatewaysite.admin_site import StrictActionsMixin
 from sessions_app.models import Node, SessionRecord
 from sessions_app.selectors import (
     ago,
