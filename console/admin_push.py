@@ -27,8 +27,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
 from console.admin_site import StrictActionsMixin
+from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
-from gateway_node.node import get_node
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.selectors import users_contain_q
 from push_app.services import (
@@ -229,12 +229,11 @@ class PushLogAdmin(admin.ModelAdmin):
         if request.method == "POST":
             form = TestPushForm(request.POST)
             if form.is_valid():
-                relay = get_node().relay
                 try:
                     log = console_test_push(
                         user_id=form.cleaned_data["user"], data=form.cleaned_data["payload"],
                         topic=form.cleaned_data["topic"] or None,
-                        submit=relay.submit_threadsafe, backlog=relay.backlog,
+                        submit=bridge.submit, backlog=bridge.backlog(),
                     )
                 except RequestInvalid as exc:
                     form.add_error(None, exc.detail)

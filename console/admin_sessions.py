@@ -25,8 +25,8 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from console.admin_site import StrictActionsMixin
+from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
-from gateway_node.node import get_node
 from sessions_app.models import Node, SessionRecord
 from sessions_app.selectors import (
     ago,
@@ -63,11 +63,6 @@ def _actor_id(request: HttpRequest) -> int:
     pk = request.user.pk
     assert pk is not None, "admin views only let signed-in staff through"
     return int(pk)
-
-
-def submit_to_relay(message: Any) -> None:
-    """Hand an order to this process's relay (the views run outside its event loop)."""
-    get_node().relay.submit_threadsafe(message)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -285,13 +280,13 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
                 users = sorted({r.user_id for r in records})
                 for user_id in users:
                     console_user_disconnect(user_id=user_id, reason=reason, actor_id=actor,
-                                            submit=submit_to_relay)
+                                            submit=bridge.submit)
                 self.message_user(request, f"Disconnect ordered for {len(users)} user(s): "
                                   f"{', '.join(users[:10])}{'…' if len(users) > 10 else ''}.")
                 return None
             order = console_sessions_disconnect(
                 session_ids=[r.id for r in records], reason=reason, actor_id=actor,
-                submit=submit_to_relay,
+                submit=bridge.submit,
             )
             if order is None:
                 self.message_user(request, "None of the selected sessions is open; nothing "
@@ -326,7 +321,7 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
             if form.is_valid():
                 user_id = form.cleaned_data["user"]
                 console_user_disconnect(user_id=user_id, reason=form.cleaned_data["reason"],
-                                        actor_id=_actor_id(request), submit=submit_to_relay)
+                                        actor_id=_actor_id(request), submit=bridge.submit)
                 self.message_user(request, f"Disconnect ordered for every connection of "
                                   f"{user_id}; their nodes close them with 4010.")
                 return HttpResponseRedirect(user_url(user_id))

@@ -26,13 +26,15 @@ from typing import Any, Literal, TypeVar
 from channels.layers import get_channel_layer
 from django.db import close_old_connections, connections
 
-from gateway_core import metrics
+from gateway_core import bridge, metrics
 from gateway_core.brokers import BaseBroker, create_broker
 from gateway_core.conf import gateway_settings
+from gateway_core.messages import Message
 from gateway_node.supervisor import LoopFactory, Supervised
 from push_app.delivery import ChannelLayerListener, Deliverer
 from push_app.ledger import DeliveryLedger
 from push_app.relay import Relay
+from push_app.selectors import user_presence
 from push_app.writer import PushWriter
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder, dead_node_ids
@@ -92,6 +94,20 @@ class Node:
             backlog=lambda: self.relay.backlog,
             oldest_age_s=self.relay.oldest_age_s,
         )
+
+    def install_bridge(self) -> None:
+        """Make this node the one sync code reaches through ``gateway_core.bridge``."""
+        bridge.install(submit=self.submit_threadsafe, backlog=lambda: self.relay.backlog,
+                       user_presence=self.user_presence)
+
+    def submit_threadsafe(self, message: Message) -> None:
+        """Hand a message to the relay from another thread (looked up per call: tests
+        replace the relay's method)."""
+        self.relay.submit_threadsafe(message)
+
+    def user_presence(self, user_id: str) -> dict[str, Any]:
+        return user_presence(user_id=user_id, node_id=self.node_id, registry=self.registry,
+                             node_timeout_s=gateway_settings.node_timeout_s)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the node's database thread."""
@@ -232,6 +248,7 @@ def get_node() -> Node:
         with _node_lock:
             if _node is None:
                 _node = Node()
+                _node.install_bridge()
     return _node
 
 
@@ -239,3 +256,7 @@ def set_node(node: Node | None) -> None:
     """Install a node (``rungateway`` with its role, or a test's); None forgets it."""
     global _node
     _node = node
+    if node is None:
+        bridge.uninstall()
+    else:
+        node.install_bridge()

@@ -14,10 +14,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from gateway_core import metrics
+from gateway_core import bridge, metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import valid_user_id
-from gateway_node.node import get_node
 from push_app import selectors, services, validation
 from push_app.api.errors import error_body
 from push_app.models import ApiClient
@@ -39,10 +38,6 @@ _ERROR = inline_serializer("Error", {
     "error": serializers.CharField(), "detail": serializers.CharField(),
     "fields": serializers.DictField(required=False),
 })
-
-
-def _submit(message: Any) -> None:
-    get_node().relay.submit_threadsafe(message)
 
 
 def _client(request: Request) -> ApiClient:
@@ -87,7 +82,7 @@ class PushView(APIView):
             raise
         try:
             log, created = services.push_create(
-                client=client, req=req, submit=_submit, backlog=get_node().relay.backlog
+                client=client, req=req, submit=bridge.submit, backlog=bridge.backlog()
             )
         except RequestInvalid:
             counted.push(client.name, "unavailable")
@@ -112,8 +107,8 @@ class PushBatchView(APIView):
         new = 0
         if good:
             created = services.push_create_many(
-                client=_client(request), reqs=[req for _, req in good], submit=_submit,
-                backlog=get_node().relay.backlog,
+                client=_client(request), reqs=[req for _, req in good], submit=bridge.submit,
+                backlog=bridge.backlog(),
             )
             for (index, _), (log, is_new) in zip(good, created, strict=True):
                 results[index] = {"id": log.id, "status": log.status}
@@ -140,11 +135,7 @@ class PresenceView(APIView):
     @extend_schema(responses={200: OpenApiTypes.OBJECT, 400: _ERROR},
                    summary="Whether a user is online, and where")
     def get(self, request: Request, user_id: str) -> Response:
-        node = get_node()
-        return Response(selectors.user_presence(
-            user_id=_user_id(user_id), node_id=node.node_id, registry=node.registry,
-            node_timeout_s=gateway_settings.node_timeout_s,
-        ))
+        return Response(bridge.user_presence(_user_id(user_id)))
 
 
 class DisconnectView(APIView):
@@ -156,7 +147,7 @@ class DisconnectView(APIView):
     def post(self, request: Request, user_id: str) -> Response:
         user_id = _user_id(user_id)
         reason = validation.disconnect_reason(request.data or None)
-        order = services.user_disconnect(user_id=user_id, reason=reason, submit=_submit)
+        order = services.user_disconnect(user_id=user_id, reason=reason, submit=bridge.submit)
         return Response({"id": order.id, "status": "accepted", "user": user_id},
                         status=status.HTTP_202_ACCEPTED)
 

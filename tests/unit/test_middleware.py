@@ -75,7 +75,7 @@ def test_an_unexpected_error_under_api_is_json_500(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(views.selectors, "user_presence", broken)
+    monkeypatch.setattr(views.bridge, "user_presence", broken)
     _, key = api_client_create(name="crash")
     api = APIClient(raise_request_exception=False)
     api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
