@@ -112,5 +112,5 @@ def build_application(*, node: NodeProvider | None = None) -> Any:
         # (push_app/api/hotpath.py); every other request goes on to Django.
         "http": NodeStarter(PushRoutes(django_app, node=provider), node=provider),
         "lifespan": lifespan_for(provider),
-        "websocket": websocket_routes_for(GatewayConsumer.as_asgi()),
+        "websocket": websocket_routes_for(GatewayConsumer.as_asgi(node=provider)),
     })

@@ -15,7 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from gateway_core import metrics
 from gateway_core.brokers import BaseBroker, create_broker
 from gateway_core.conf import gateway_settings
-from push_app.delivery import ChannelLayerForwarder
+from sessions_app.delivery import ChannelLayerForwarder
 
 logger = logging.getLogger("gateway.consumer")
 

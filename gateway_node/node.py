@@ -31,14 +31,14 @@ from gateway_core.brokers import BaseBroker, create_broker
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import Message
 from gateway_node.supervisor import LoopFactory, Supervised
-from push_app.delivery import ChannelLayerListener, Deliverer
 from push_app.ledger import DeliveryLedger
 from push_app.relay import Relay
-from push_app.selectors import user_presence
 from push_app.writer import PushWriter
+from sessions_app.delivery import ChannelLayerListener, Deliverer
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder, dead_node_ids
 from sessions_app.registry import SessionManager
+from sessions_app.selectors import user_presence
 
 logger = logging.getLogger("gateway.node")
 T = TypeVar("T")
@@ -69,7 +69,7 @@ class Node:
         self.broker = broker or create_broker(node_id=self.node_id)
         self.ledger = DeliveryLedger(node_id=self.node_id)
         self.deliverer = Deliverer(
-            node_id=self.node_id, registry=self.registry, ledger=self.ledger,
+            node_id=self.node_id, registry=self.registry, on_delivered=self.ledger.delivered,
             close_session=self.hub.close, drop_session=self.hub.drop,
             started_ms=int(self.started_at * 1000),
         )
@@ -104,6 +104,10 @@ class Node:
         """Hand a message to the relay from another thread (looked up per call: tests
         replace the relay's method)."""
         self.relay.submit_threadsafe(message)
+
+    def acked(self, push_id: str) -> None:
+        """A client acknowledged a push delivered here: counted in the ledger."""
+        self.ledger.acked(push_id)
 
     def user_presence(self, user_id: str) -> dict[str, Any]:
         return user_presence(user_id=user_id, node_id=self.node_id, registry=self.registry,

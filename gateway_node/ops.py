@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from gateway_core import metrics
 from gateway_node import metrics_access
 from gateway_node.node import Node, get_node
-from push_app.delivery import LOCAL_CHANNEL_PREFIX
+from sessions_app.delivery import LOCAL_CHANNEL_PREFIX
 
 #: Each dependency gets this long to answer /readyz.
 CHECK_TIMEOUT_S = 2.0

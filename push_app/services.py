@@ -1,4 +1,4 @@
-"""Writes of the push side: pushes, disconnect orders, tokens, API keys.
+"""Writes of the push side: pushes, tokens, API keys (disconnect orders: ``gateway_core.orders``).
 
 Every push is stored (``accepted``) in the same transaction that decides it exists, and is
 handed to the node's relay only once that transaction commits, so a push the API answered
@@ -13,15 +13,14 @@ import os
 import re
 import secrets
 import time
-import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
+from gateway_core.bridge import Submit
 from gateway_core.conf import gateway_settings
-from gateway_core.messages import ControlMessage, Message, PushMessage
+from gateway_core.messages import PushMessage
 from gateway_core.tokens import encode_token
 from push_app.models import ApiClient, PushDelivery, PushLog, PushStatus
 from push_app.validation import PushRequest, RequestInvalid, TokenRequest, push_request
@@ -31,7 +30,6 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_RELAY_BACKLOG = 100_000
 KEY_PREFIX = "gw"
 
-Submit = Callable[[Message], None]
 
 
 def new_push_id(now: float | None = None) -> str:
@@ -133,26 +131,6 @@ def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submi
             code="unavailable", status=503,
         ) from exc
     return results
-
-
-def user_disconnect(*, user_id: str, reason: str, submit: Submit) -> ControlMessage:
-    """Order every node to close the user's connections with 4010."""
-    return _control(users=(user_id,), session_ids=(), reason=reason, submit=submit)
-
-
-def sessions_disconnect(*, session_ids: list[str], reason: str, submit: Submit) -> ControlMessage:
-    """Order whichever nodes hold these sessions to close them with 4010."""
-    return _control(users=(), session_ids=tuple(session_ids), reason=reason, submit=submit)
-
-
-def _control(*, users: tuple[str, ...], session_ids: tuple[str, ...], reason: str,
-             submit: Submit) -> ControlMessage:
-    message = ControlMessage(
-        id=f"c{uuid.uuid4().hex[:31]}", action="disconnect", users=users,
-        session_ids=session_ids, reason=reason, issued_ms=int(time.time() * 1000),
-    )
-    submit(message)
-    return message
 
 
 def token_create(req: TokenRequest) -> tuple[str, int]:

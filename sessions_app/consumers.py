@@ -11,32 +11,53 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from channels.consumer import AsyncConsumer
 
 from gateway_core import logs, metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import InvalidToken, decode_token
-from gateway_node.node import Node, get_node
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.flow import QUEUED, WRITE, SendBuffer, UnboundedSendBuffer, send_buffer_for
-from sessions_app.hub import INTERNAL_ERROR
+from sessions_app.hub import INTERNAL_ERROR, Hub
 from sessions_app.registry import ChannelSession
 
 #: The close code recorded for a connection that ended without a close frame.
 ABNORMAL_CLOSURE = 1006
 
 
+class SessionNode(Protocol):
+    """What a connection needs of the node it is handed (``gateway_node.node.Node``)."""
+
+    node_id: str
+    hub: Hub
+
+    async def ensure_started(self) -> None:
+        """Start the node's loops if they are not running yet."""
+        ...
+
+    def acked(self, push_id: str) -> None:
+        """A client acknowledged a push this node delivered to it."""
+        ...
+
+
 class GatewayConsumer(AsyncConsumer):
-    node: Node
+    """One client connection. ``GatewayConsumer.as_asgi(node=...)``: ``node`` returns this
+    process's node (the ASGI builder in ``gateway_node.asgi`` hands it)."""
+
+    node: SessionNode
     session: ChannelSession | None
+
+    def __init__(self, *, node: Callable[[], SessionNode]) -> None:
+        self.node_provider = node
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scope = scope
         self.base_send = send
-        self.node = get_node()
+        self.node = self.node_provider()
         self.metrics = metrics.bound(self.node.node_id)
         await self.node.ensure_started()
         self.session = None
@@ -140,7 +161,7 @@ class GatewayConsumer(AsyncConsumer):
                     # budget, so that a client may ack every push (PROTOCOL.md section 1).
                     session.last_seen = now
                     self.metrics.frame(kind)
-                    self.node.ledger.acked(frame["id"])
+                    self.node.acked(frame["id"])
                     return
                 else:
                     kind, reply = "bad_ack", frames.error(

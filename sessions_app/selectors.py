@@ -1,4 +1,5 @@
-"""Reads of the session side for the operator console: node health, live sessions, a user.
+"""Reads of the session side: a user's presence across nodes (the REST API), and for the
+operator console node health, live sessions, a user.
 
 A node is *alive* while it has not stopped and its last beat is within the node timeout;
 a session is *live* only while it is open **and** its node is alive. An open session on a
@@ -11,8 +12,8 @@ Every function answers with a fixed number of queries, whatever the number of ro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -20,6 +21,7 @@ from django.utils import timezone
 from gateway_core.conf import gateway_settings
 from sessions_app.close_codes import REASONS
 from sessions_app.models import Node, SessionRecord
+from sessions_app.registry import SessionManager
 
 NodeState = Literal["alive", "stopped", "dead"]
 SessionState = Literal["live", "stale", "closed"]
@@ -133,3 +135,42 @@ def user_sessions(*, user_id: str, limit: int = 25) -> list[SessionRecord]:
     )
     rows.sort(key=lambda r: r.closed_at is not None)  # stable: open first, each newest first
     return rows
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat()
+
+
+def user_presence(*, user_id: str, node_id: str, registry: SessionManager,
+                  node_timeout_s: int) -> dict[str, Any]:
+    """This node's live sessions from memory, other live nodes' from the database."""
+    connections: list[dict[str, Any]] = [
+        {
+            "session": s.session_id,
+            "node": node_id,
+            "connected_at": _iso(s.connected_at),
+            "last_seen": _iso(s.last_seen),
+        }
+        for s in registry.sessions_of([user_id])
+    ]
+    since = timezone.now() - timedelta(seconds=node_timeout_s)
+    remote = (
+        SessionRecord.objects.filter(
+            user_id=user_id,
+            closed_at__isnull=True,
+            node__last_seen__gte=since,
+            node__stopped_at__isnull=True,
+        )
+        .exclude(node_id=node_id)
+        .order_by("connected_at")
+    )
+    connections.extend(
+        {
+            "session": r.id,
+            "node": r.node_id,
+            "connected_at": r.connected_at.isoformat(),
+            "last_seen": r.last_seen.isoformat(),
+        }
+        for r in remote
+    )
+    return {"user": user_id, "online": bool(connections), "connections": connections}

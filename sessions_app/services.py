@@ -1,6 +1,6 @@
 """Writes of the session side that operators start: disconnect orders, retention.
 
-The order itself is ``push_app.services.sessions_disconnect`` / ``user_disconnect``: a
+The order itself is ``gateway_core.orders.sessions_disconnect`` / ``user_disconnect``: a
 control message through the broker to whichever node holds the sessions, which closes them
 with 4010. Here it gains what an operator's action needs besides: only open sessions are
 named, and each order leaves an entry in the admin's history (who, when, why).
@@ -13,8 +13,9 @@ from datetime import datetime
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.db.models import QuerySet
 
+from gateway_core.bridge import Submit
 from gateway_core.messages import ControlMessage
-from push_app.services import Submit, sessions_disconnect, user_disconnect
+from gateway_core.orders import sessions_disconnect, user_disconnect
 from sessions_app.models import Node, SessionRecord
 
 #: The longest reason kept with an order (the same limit as the REST API's).

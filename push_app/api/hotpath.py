@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
@@ -34,7 +34,6 @@ from gateway_core import metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import Message
 from gateway_core.middleware import bad_hosts
-from gateway_node.node import Node, get_node
 from push_app import services, validation
 from push_app.api.authentication import (
     ApiKeyCache,
@@ -49,8 +48,9 @@ from push_app.api.errors import database_unavailable, error_body, error_parts
 from push_app.api.parsers import body_too_large, check_declared_length, parse_json
 from push_app.api.throttling import ApiClientRateThrottle
 from push_app.models import ApiClient
+from push_app.relay import Relay
 from push_app.validation import PushRequest, RequestInvalid
-from push_app.writer import DATABASE_DOWN, ClientRef, ClientRevoked, store_keyed
+from push_app.writer import DATABASE_DOWN, ClientRef, ClientRevoked, PushWriter, store_keyed
 
 logger = logging.getLogger("gateway.api")
 
@@ -58,6 +58,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Answer = tuple[int, dict[str, Any], dict[str, str]]
+T = TypeVar("T")
 
 PUSH_PATH = "/api/v1/push"
 BATCH_PATH = "/api/v1/push/batch"
@@ -84,10 +85,25 @@ class BadHost(APIException):
     default_detail = "Invalid Host header."
 
 
-class PushRoutes:
-    """ASGI: the push routes here, everything else to ``app`` (Django)."""
+class PushNode(Protocol):
+    """What the hot path needs of the node it is handed (``gateway_node.node.Node``)."""
 
-    def __init__(self, app: Any, *, node: Callable[[], Node] = get_node) -> None:
+    node_id: str
+    relay: Relay
+    writer: PushWriter
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the node's database thread."""
+        ...
+
+
+class PushRoutes:
+    """ASGI: the push routes here, everything else to ``app`` (Django).
+
+    ``node`` returns this process's node: the ASGI builder (``gateway_node.asgi``) hands it.
+    """
+
+    def __init__(self, app: Any, *, node: Callable[[], PushNode]) -> None:
         self.app = app
         self.node = node
         self.keys = ApiKeyCache()
@@ -169,7 +185,7 @@ class PushRoutes:
             bad_hosts.note(text, f"Invalid HTTP_HOST header: {text!r}.")
             raise BadHost()
 
-    async def authenticate(self, node: Node, header: bytes, address: str) -> ClientRef:
+    async def authenticate(self, node: PushNode, header: bytes, address: str) -> ClientRef:
         """As ``ApiKeyAuthentication``, with the lookups cached: a key known good costs
         nothing (and is not held back by its address's failures), and a key of
         impossible shape or found unknown lately is refused without a lookup."""
@@ -192,7 +208,7 @@ class PushRoutes:
                 self.keys.put_unknown(key_hash)
             return self.keys.put(check_client(row))
 
-    async def push_one(self, node: Node, client: ClientRef, data: Any) -> Answer:
+    async def push_one(self, node: PushNode, client: ClientRef, data: Any) -> Answer:
         counted = metrics.bound(node.node_id)
         try:
             req = validation.push_request(data)
@@ -219,7 +235,7 @@ class PushRoutes:
         return (202 if created else 200), {"id": push_id, "status": status,
                                            "targets": targets}, {}
 
-    async def push_batch(self, node: Node, client: ClientRef, data: Any) -> Answer:
+    async def push_batch(self, node: PushNode, client: ClientRef, data: Any) -> Answer:
         items = validation.batch_items(data)
         results, good = validation.batch_requests(items)
         new = accepted = 0
@@ -256,7 +272,7 @@ def _look_up_key(key: str) -> ApiClient | None:
     return client
 
 
-async def store_with_keys(node: Node, client: ClientRef,
+async def store_with_keys(node: PushNode, client: ClientRef,
                           reqs: Sequence[PushRequest]) -> list[Any]:
     """Pushes with idempotency keys: the per-request path, on the node's database thread;
     what it stored goes to the relay once committed."""

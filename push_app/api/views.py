@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from gateway_core import bridge, metrics
+from gateway_core import bridge, metrics, orders
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import valid_user_id
 from push_app import selectors, services, validation
@@ -147,7 +147,7 @@ class DisconnectView(APIView):
     def post(self, request: Request, user_id: str) -> Response:
         user_id = _user_id(user_id)
         reason = validation.disconnect_reason(request.data or None)
-        order = services.user_disconnect(user_id=user_id, reason=reason, submit=bridge.submit)
+        order = orders.user_disconnect(user_id=user_id, reason=reason, submit=bridge.submit)
         return Response({"id": order.id, "status": "accepted", "user": user_id},
                         status=status.HTTP_202_ACCEPTED)
 

@@ -18,9 +18,9 @@ from channels.layers import InMemoryChannelLayer
 from gateway_core import metrics
 from gateway_core.brokers.local import LocalBroker
 from gateway_core.messages import PushMessage, encode
-from push_app.delivery import ChannelLayerForwarder, ChannelLayerListener, Deliverer
 from push_app.ledger import DeliveryLedger
 from push_app.relay import Relay
+from sessions_app.delivery import ChannelLayerForwarder, ChannelLayerListener, Deliverer
 from sessions_app.registry import SessionManager
 from tests.support.gateway import REPO
 from tests.unit.conftest import FakeConnection, make_session
@@ -134,7 +134,7 @@ async def test_channel_layer_lag_from_forwarder_to_listener() -> None:
     session = make_session("u1", "s1", connection=FakeConnection("s1"))
     registry.register(session, max_per_user=5)
     deliverer = Deliverer(node_id=node_id, registry=registry,
-                          ledger=DeliveryLedger(node_id=node_id),
+                          on_delivered=DeliveryLedger(node_id=node_id).delivered,
                           close_session=lambda s, c: None, drop_session=lambda s: None,
                           started_ms=0)
     layer = InMemoryChannelLayer()

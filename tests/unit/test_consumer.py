@@ -13,7 +13,7 @@ from gateway_core import metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import ControlMessage, PushMessage
 from gateway_core.tokens import encode_token
-from gateway_node.node import Node
+from gateway_node.node import Node, get_node
 from sessions_app.close_codes import CloseCode
 from sessions_app.consumers import GatewayConsumer
 from sessions_app.flow import TOO_SLOW
@@ -27,7 +27,8 @@ def token(user: str = "u1", **kwargs) -> str:
 
 
 def communicator(path: str, headers=None, app=None) -> WebsocketCommunicator:
-    return WebsocketCommunicator(app or GatewayConsumer.as_asgi(), path, headers=headers)
+    app = app or GatewayConsumer.as_asgi(node=get_node)
+    return WebsocketCommunicator(app, path, headers=headers)
 
 
 async def connect(user: str = "u1", **kwargs) -> tuple[WebsocketCommunicator, dict]:
@@ -430,8 +431,8 @@ class UvicornLikeConnection:
         self.inbox.put_nowait({"type": "websocket.connect"})
         scope = {"type": "websocket", "path": "/ws/", "query_string":
                  f"token={token(user)}".encode(), "headers": [], "client": ("127.0.0.1", 1)}
-        self.task = asyncio.create_task(GatewayConsumer.as_asgi()(scope, self.inbox.get,
-                                                                  self.send))
+        consumer = GatewayConsumer.as_asgi(node=get_node)
+        self.task = asyncio.create_task(consumer(scope, self.inbox.get, self.send))
 
     async def send(self, message: dict) -> None:
         await self.writable.wait()

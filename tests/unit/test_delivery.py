@@ -10,14 +10,14 @@ from channels.layers import InMemoryChannelLayer
 
 from gateway_core import metrics
 from gateway_core.messages import ControlMessage, PushMessage, encode, encode_batch
-from push_app.delivery import (
+from push_app.ledger import DeliveryLedger
+from sessions_app.delivery import (
     NODE_GROUP,
     STALE_GRACE_MS,
     ChannelLayerForwarder,
     ChannelLayerListener,
     Deliverer,
 )
-from push_app.ledger import DeliveryLedger
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder
 from sessions_app.registry import SessionManager
@@ -35,7 +35,7 @@ class Setup:
                                    started_at=0.0, node_timeout_s=30)
         self.hub = Hub(node_id=self.node_id, registry=self.registry, recorder=recorder)
         self.deliverer = Deliverer(node_id=self.node_id, registry=self.registry,
-                                   ledger=self.ledger, close_session=self.hub.close,
+                                   on_delivered=self.ledger.delivered, close_session=self.hub.close,
                                    drop_session=self.hub.drop,
                                    started_ms=STARTED_MS)
         self.now_ms = STARTED_MS + 1000

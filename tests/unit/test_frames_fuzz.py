@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import encode_token
+from gateway_node.node import get_node
 from sessions_app import frames
 from sessions_app.consumers import GatewayConsumer
 
@@ -67,7 +68,7 @@ def test_parse_answers_a_frame_or_bad_frame_and_nothing_else(text: str) -> None:
 @override_settings(GATEWAY_MAX_FRAME_BYTES=1 << 16, GATEWAY_MAX_FRAMES_PER_MINUTE=1000)
 async def test_the_connection_keeps_serving_whatever_it_is_sent(texts: list[str]) -> None:
     token, _ = encode_token(user_id="fuzz", ttl_s=600, secret=gateway_settings.jwt_secret)
-    comm = WebsocketCommunicator(GatewayConsumer.as_asgi(), f"/ws/?token={token}")
+    comm = WebsocketCommunicator(GatewayConsumer.as_asgi(node=get_node), f"/ws/?token={token}")
     assert (await comm.connect())[0]
     assert (await comm.receive_json_from())["type"] == "welcome"
     for text in texts:

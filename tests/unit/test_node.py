@@ -13,7 +13,7 @@ from gateway_core import metrics
 from gateway_core.brokers.local import LocalBroker
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import encode_token
-from gateway_node.node import Node, set_node
+from gateway_node.node import Node, get_node, set_node
 from push_app import services
 from push_app.models import PushLog, PushStatus
 from push_app.validation import push_request
@@ -45,7 +45,7 @@ async def test_push_from_the_database_to_the_socket_and_the_accounts_back(node: 
     try:
         await eventually(lambda: node.relay._loop is not None)
         token, _ = encode_token(user_id="u1", ttl_s=600, secret=gateway_settings.jwt_secret)
-        comm = WebsocketCommunicator(GatewayConsumer.as_asgi(), f"/ws/?token={token}")
+        comm = WebsocketCommunicator(GatewayConsumer.as_asgi(node=get_node), f"/ws/?token={token}")
         assert (await comm.connect())[0]
         welcome = await comm.receive_json_from()
 
@@ -188,7 +188,7 @@ async def test_healthz_follows_the_delivery_loop_which_is_restarted():
 
         consume.sleep = held_sleep
         token, _ = encode_token(user_id="u1", ttl_s=600, secret=gateway_settings.jwt_secret)
-        comm = WebsocketCommunicator(GatewayConsumer.as_asgi(), f"/ws/?token={token}")
+        comm = WebsocketCommunicator(GatewayConsumer.as_asgi(node=get_node), f"/ws/?token={token}")
         assert (await comm.connect())[0]
         await comm.receive_json_from()
 

@@ -28,7 +28,6 @@ from gateway_core.messages import (
     decode_many,
     encode,
 )
-from push_app.ledger import DeliveryLedger
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.registry import ChannelSession, SessionManager
@@ -60,14 +59,15 @@ class Deliverer:
         *,
         node_id: str,
         registry: SessionManager,
-        ledger: DeliveryLedger,
+        on_delivered: Callable[[str, int], None],
         close_session: Callable[[ChannelSession, CloseCode], Any],
         drop_session: Callable[[ChannelSession], Any],
         started_ms: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.registry = registry
-        self.ledger = ledger
+        #: Told how many connections each push reached here (the node counts it).
+        self.on_delivered = on_delivered
         self.close_session = close_session
         self.drop_session = drop_session
         self.metrics = metrics.bound(node_id)
@@ -137,7 +137,7 @@ class Deliverer:
                 session.received(message.id)
                 sent += 1
         if sent:
-            self.ledger.delivered(message.id, sent)
+            self.on_delivered(message.id, sent)
             self.metrics.deliveries.inc(sent)
             latency_s = max(0, self.clock_ms() - message.accepted_ms) / 1000
             self.metrics.push_latency.observe(latency_s)
