@@ -22,6 +22,7 @@ from monitoring.conf import AlertSettings
 from monitoring.models import Severity
 from push_app.models import PushDelivery, PushLog, PushStatus
 from sessions_app.models import Node, SessionRecord
+from sessions_app.selectors import alive_since, node_alive_q
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class BaseRule:
 
 
 def _live_nodes(now: datetime, cfg: AlertSettings) -> Q:
-    return Q(stopped_at__isnull=True, last_seen__gte=now - timedelta(seconds=cfg.node_timeout_s))
+    return node_alive_q(since=alive_since(now=now, timeout_s=cfg.node_timeout_s))
 
 
 class NodeDown(BaseRule):

@@ -44,6 +44,8 @@ def alive_since(*, now: datetime | None = None, timeout_s: int | None = None) ->
 
 
 def node_alive_q(*, since: datetime, prefix: str = "") -> Q:
+    """Alive: not stopped, and beating since ``since`` (``prefix`` reaches the Node from
+    another model, e.g. ``node__``). The one definition every reader uses."""
     return Q(**{f"{prefix}stopped_at__isnull": True, f"{prefix}last_seen__gte": since})
 
 
@@ -153,14 +155,10 @@ def user_presence(*, user_id: str, node_id: str, registry: SessionManager,
         }
         for s in registry.sessions_of([user_id])
     ]
-    since = timezone.now() - timedelta(seconds=node_timeout_s)
+    since = alive_since(timeout_s=node_timeout_s)
     remote = (
-        SessionRecord.objects.filter(
-            user_id=user_id,
-            closed_at__isnull=True,
-            node__last_seen__gte=since,
-            node__stopped_at__isnull=True,
-        )
+        SessionRecord.objects.filter(user_id=user_id, closed_at__isnull=True)
+        .filter(node_alive_q(since=since, prefix="node__"))
         .exclude(node_id=node_id)
         .order_by("connected_at")
     )
