@@ -142,10 +142,7 @@ def push_request(body: Any, *, level: int = 1) -> PushRequest:
     body sits in the request body (1: it is the request body)."""
     if not isinstance(body, dict):
         raise RequestInvalid("a push must be a JSON object")
-    unknown = set(body) - {"users", "broadcast", "data", "topic", "ttl", "idempotency_key"}
-    if unknown:
-        name = sorted(unknown)[0]
-        raise _invalid(printable(name), "unknown field")
+    _refuse_unknown(body, {"users", "broadcast", "data", "topic", "ttl", "idempotency_key"})
     _check_fields(body, level=level)
     if "data" not in body:
         raise _invalid("data", "required")
@@ -214,6 +211,7 @@ def batch_requests(
 def batch_items(body: Any) -> list[Any]:
     if not isinstance(body, dict) or not isinstance(body.get("pushes"), list):
         raise _invalid("pushes", "required: a list of push bodies")
+    _refuse_unknown(body, {"pushes"})
     items = body["pushes"]
     limit = gateway_settings.max_batch
     if not items:
@@ -230,9 +228,17 @@ class TokenRequest:
     meta: dict[str, Any]
 
 
+def _refuse_unknown(body: dict[str, Any], known: set[str]) -> None:
+    """As for pushes: a misspelt field is an error, not silently ignored."""
+    unknown = set(body) - known
+    if unknown:
+        raise _invalid(printable(sorted(unknown)[0]), "unknown field")
+
+
 def token_request(body: Any) -> TokenRequest:
     if not isinstance(body, dict):
         raise RequestInvalid("body must be a JSON object")
+    _refuse_unknown(body, {"user", "ttl", "meta"})
     _check_fields(body, level=1)
     user = body.get("user")
     if not valid_user_id(user):
@@ -257,6 +263,7 @@ def disconnect_reason(body: Any) -> str:
         return ""
     if not isinstance(body, dict):
         raise RequestInvalid("body must be a JSON object")
+    _refuse_unknown(body, {"reason"})
     _check_fields(body, level=1)
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 200:
