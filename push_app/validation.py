@@ -259,8 +259,8 @@ def token_request(body: Any) -> TokenRequest:
 
 
 def disconnect_reason(body: Any) -> str:
-    if body is None:
-        return ""
+    """The reason of a disconnect body; an empty body reaches here as ``{}`` (a JSON
+    ``null`` is not an object, and is refused like any other)."""
     if not isinstance(body, dict):
         raise RequestInvalid("body must be a JSON object")
     _refuse_unknown(body, {"reason"})

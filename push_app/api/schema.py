@@ -89,8 +89,13 @@ def push_body() -> Schema:
 def push_batch() -> Schema:
     return {
         "type": "object",
-        "properties": {"pushes": {"type": "array", "items": ref("PushBody"), "minItems": 1,
-                                  "maxItems": gateway_settings.max_batch}},
+        "properties": {"pushes": {
+            "type": "array", "minItems": 1, "maxItems": gateway_settings.max_batch,
+            # Exact: an item that is not a valid push does not fail the request, it gets
+            # its own error in `results` (PROTOCOL.md section 2).
+            "items": {"anyOf": [ref("PushBody"), {
+                "description": "anything else: refused alone, with its error in `results`"}]},
+        }},
         "required": ["pushes"],
         "additionalProperties": False,
     }
@@ -245,15 +250,26 @@ COMMON_ERRORS = (401, 403, 429, 503)
 BODY_ERRORS = (400, 413, 415, *COMMON_ERRORS)
 
 
+#: Bodies that may not be left out (an empty body is read as ``{}``, which they refuse).
+REQUIRED_BODIES = {"PushBody", "PushBatch", "TokenRequest"}
+
+
 def fill_components(result: Schema, generator: Any, request: Any, public: bool) -> Schema:
-    """drf-spectacular postprocessing hook: the bodies above, with this node's limits."""
+    """drf-spectacular postprocessing hook: the bodies above, with this node's limits, and
+    which request bodies are required (it cannot tell for a schema given as a dict)."""
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     for name, build in COMPONENTS.items():
         schemas[name] = build()
+    for item in result.get("paths", {}).values():
+        for operation in item.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            body_ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+            if body_ref.rsplit("/", 1)[-1] in REQUIRED_BODIES:
+                operation["requestBody"]["required"] = True
     return result
 
 
-class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+class ApiKeyScheme(OpenApiAuthenticationExtension):
     """``Authorization: Token <key>`` (``ApiKeyAuthentication``) as a security scheme."""
 
     target_class = "push_app.api.authentication.ApiKeyAuthentication"

@@ -151,7 +151,7 @@ class DisconnectView(APIView):
     )
     def post(self, request: Request, user_id: str) -> Response:
         user_id = _user_id(user_id)
-        reason = validation.disconnect_reason(request.data or None)
+        reason = validation.disconnect_reason(request.data)
         order = services.user_disconnect(user_id=user_id, reason=reason, submit=_submit)
         return Response({"id": order.id, "status": "accepted", "user": user_id},
                         status=status.HTTP_202_ACCEPTED)
