@@ -10,7 +10,7 @@ from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
 from gatewaysite.conf import gateway_settings
-from push_app.validation import MAX_DEPTH, printable
+from gatewaysite.jsonsafe import MAX_DEPTH, printable
 
 
 class PayloadTooLarge(APIException):

@@ -19,9 +19,9 @@ from typing import Any
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 from gatewaysite.conf import gateway_settings
+from gatewaysite.jsonsafe import MAX_DEPTH
 from push_app.models import PushStatus
 from push_app.validation import (
-    MAX_DEPTH,
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_TOPIC_CHARS,
     MAX_TTL_S,

@@ -20,6 +20,7 @@ from asgiref.sync import sync_to_async
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gatewaysite import jsonsafe
 from gatewaysite.node import Node, set_node
 from push_app import services, validation
 from push_app.api.hotpath import PushRoutes
@@ -116,7 +117,7 @@ def test_a_push_body_is_accepted_whole_or_refused_with_a_400(body):
     # Accepted: every later stage can take it (store, encode, send, parse in any client).
     data = strict_json(req.data_json)
     req.data_json.encode()
-    assert depth(data) <= validation.MAX_DEPTH - 1
+    assert depth(data) <= jsonsafe.MAX_DEPTH - 1
     for text in (req.topic, req.idempotency_key, *(req.users or ())):
         if text is not None:
             text.encode()

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import pytest
 
 from gatewaysite.conf import gateway_settings
 from sessions_app import frames
