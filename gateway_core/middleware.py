@@ -94,7 +94,11 @@ class ApiErrorsMiddleware:
             request.get_host()
         except DisallowedHost as exc:
             bad_hosts.note(request.META.get("HTTP_HOST", ""), str(exc))
-            return api_error(400, "Invalid Host header.") if api else bad_request(request, exc)
+            answer: HttpResponse = (api_error(400, "Invalid Host header.") if api
+                                    else bad_request(request, exc))
+            # Logged above, once a minute per host: not again by django.request per request.
+            answer._has_been_logged = True  # type: ignore[attr-defined]
+            return answer
         if not api:
             return self.get_response(request)
         declared = request.META.get("CONTENT_LENGTH") or ""

@@ -9,6 +9,8 @@ from typing import Any
 
 import jwt
 
+from gateway_core.jsonsafe import unfit
+
 # Matched with fullmatch: "$" would also accept a trailing newline.
 USER_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 
@@ -44,7 +46,8 @@ def decode_token(token: str, *, secret: str, leeway_s: int = 0) -> Claims:
         raise InvalidToken("bad signature") from exc
     except jwt.ImmatureSignatureError as exc:
         raise InvalidToken("token not yet valid") from exc
-    except jwt.InvalidTokenError as exc:
+    except (jwt.InvalidTokenError, RecursionError) as exc:
+        # RecursionError: claims nested deeper than the JSON parser's stack.
         raise InvalidToken("malformed token") from exc
     sub = claims.get("sub")
     if not valid_user_id(sub):
@@ -52,6 +55,11 @@ def decode_token(token: str, *, secret: str, leeway_s: int = 0) -> Claims:
     meta = claims.get("meta", {})
     if not isinstance(meta, dict):
         raise InvalidToken("meta must be an object")
+    # A business system signs its own tokens: its ``meta`` is stored with the session and
+    # shown in admin, so it must be what the database and every reader take.
+    why = unfit(meta, level=1, allow_nul=False)
+    if why is not None:
+        raise InvalidToken(f"meta {why}")
     return Claims(user_id=str(sub), expires_at=int(claims["exp"]), meta=meta)
 
 

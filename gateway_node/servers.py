@@ -351,23 +351,37 @@ def gateway_http_protocol() -> type[Any]:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class GatewayHttpProtocol(HttpToolsProtocol):
-        #: Bytes received since the current request began, while its headers are read.
+        """Two counts of the current request's header section, so that neither a slow
+        stream nor one read can carry more than the bound:
+
+        - ``streamed_bytes``: whole reads that arrived while the headers were still
+          incomplete (httptools keeps a header that is still arriving in its own buffer
+          and says nothing of it until it ends, so a 2 MB header line only shows here);
+        - ``header_bytes``: the request line and headers as httptools parsed them, checked
+          once the section is complete (many headers, or a whole request in one read).
+        """
+
+        streamed_bytes = 0
         header_bytes = 0
         reading_headers = True
+        #: Header sections completed on this connection (keep-alive: several).
+        sections = 0
         refused = False
 
         def data_received(self, data: bytes) -> None:
             if self.refused:
                 return  # lingering: read and drop (see answer_oversized_header_lines)
             was_reading_headers = self.reading_headers
+            sections_before = self.sections
             super().data_received(data)
-            # Only a chunk read entirely within one request's headers counts: one that
-            # completes them may carry a body, one that ends a body may carry the next
-            # request's start. The bound is thus exceeded by one read's size at most.
+            # A read that completed the headers may carry a body (or a whole request),
+            # one that ended a body may carry the next request's start: only reads wholly
+            # within one header section are streamed header bytes.
             if (was_reading_headers and self.reading_headers
+                    and self.sections == sections_before and not self.refused
                     and not self.transport.is_closing()):
-                self.header_bytes += len(data)
-                if self.header_bytes > MAX_HEADER_BYTES:
+                self.streamed_bytes += len(data)
+                if self.streamed_bytes > MAX_HEADER_BYTES:
                     self.refuse()
 
         def refuse(self) -> None:
@@ -377,15 +391,39 @@ def gateway_http_protocol() -> type[Any]:
                 self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
 
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.header_bytes = 0
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            self.header_bytes += len(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            super().on_header(name, value)
+            self.header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+
         def on_headers_complete(self) -> None:
+            if self.refused:
+                return
+            if self.header_bytes > MAX_HEADER_BYTES:
+                self.refuse()  # and no request cycle: the application never sees it
+                return
             self.reading_headers = False
+            self.sections += 1
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            if not self.refused:
+                super().on_body(body)
+
         def on_message_complete(self) -> None:
+            if self.refused:
+                return
             super().on_message_complete()
             # The next request on this connection (keep-alive) counts from here.
             self.reading_headers = True
-            self.header_bytes = 0
+            self.streamed_bytes = 0
 
     return GatewayHttpProtocol
 

@@ -198,6 +198,12 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Push gateway API",
     "DESCRIPTION": "Push JSON to users' WebSocket connections. Contract: PROTOCOL.md v1.",
     "VERSION": "1",
+    # The request and response bodies, exactly as push_app.validation checks them
+    # (push_app/api/schema.py), after drf-spectacular's own enum hook.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "push_app.api.schema.fill_components",
+    ],
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],

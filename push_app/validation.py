@@ -16,18 +16,16 @@ batch, only the bad item fails.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from gateway_core.conf import gateway_settings
+from gateway_core.jsonsafe import printable, unfit
 from gateway_core.tokens import valid_user_id
 
 MAX_TTL_S = 7 * 24 * 3600
 MAX_TOPIC_CHARS = 200
 MAX_IDEMPOTENCY_KEY_CHARS = 200
-#: Levels of arrays and objects in a request body, the body itself being level 1.
-MAX_DEPTH = 64
 #: Levels of the batch body around each item: ``{"pushes": [item]}``.
 BATCH_ITEM_LEVEL = 3
 #: ``json.dumps(data, separators=(",", ":"), ensure_ascii=False)``, without building an
@@ -66,69 +64,6 @@ def _invalid(field: str, message: str) -> RequestInvalid:
     return RequestInvalid(f"{field}: {message}", fields={field: message})
 
 
-def _has_surrogate(text: str) -> bool:
-    if text.isascii():
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def printable(name: str) -> str:
-    """A field name as an error may show it: errors are sent as UTF-8."""
-    return name.encode("utf-8", "backslashreplace").decode() if _has_surrogate(name) else name
-
-
-def _overflows_double(number: int) -> bool:
-    if number.bit_length() <= 1023:  # fast path: far below the largest double
-        return False
-    try:
-        float(number)  # rounds as a client's parser does: OverflowError if it reaches inf
-    except OverflowError:
-        return True
-    return False
-
-
-def unfit(value: Any, *, level: int, allow_nul: bool = True) -> str | None:
-    """Why ``value``, found at nesting ``level`` of a request body, cannot be accepted
-    (see the module docstring), or None; ``allow_nul=False`` refuses NUL in strings too,
-    for what is stored in JSON columns. Iterative, so that no depth of nesting reaches
-    Python's recursion limit."""
-    # Each entry: a container and its level. The value itself is wrapped, so that a
-    # scalar is checked by the same loop.
-    todo: list[tuple[Any, int]] = [([value], level - 1)]
-    while todo:
-        container, depth = todo.pop()
-        if depth > MAX_DEPTH:
-            return f"nested deeper than {MAX_DEPTH} levels of arrays and objects"
-        if type(container) is dict:
-            for key in container:
-                if _has_surrogate(key):
-                    return "contains a lone surrogate (not valid UTF-8)"
-                if not allow_nul and "\x00" in key:
-                    return "contains NUL"
-            items = container.values()
-        else:
-            items = container
-        for item in items:
-            kind = type(item)
-            if kind is dict or kind is list:
-                todo.append((item, depth + 1))
-            elif kind is str:
-                if _has_surrogate(item):
-                    return "contains a lone surrogate (not valid UTF-8)"
-                if not allow_nul and "\x00" in item:
-                    return "contains NUL"
-            elif kind is float:
-                if not math.isfinite(item):
-                    return "contains NaN or Infinity, or a number too large for a double"
-            elif kind is int and _overflows_double(item):
-                return "contains a number too large for a double (clients would read Infinity)"
-    return None
-
-
 def _check_fields(body: dict[str, Any], *, level: int) -> None:
     """``RequestInvalid`` naming the first field of ``body`` whose value is unfit."""
     for name, value in body.items():
@@ -142,10 +77,7 @@ def push_request(body: Any, *, level: int = 1) -> PushRequest:
     body sits in the request body (1: it is the request body)."""
     if not isinstance(body, dict):
         raise RequestInvalid("a push must be a JSON object")
-    unknown = set(body) - {"users", "broadcast", "data", "topic", "ttl", "idempotency_key"}
-    if unknown:
-        name = sorted(unknown)[0]
-        raise _invalid(printable(name), "unknown field")
+    _refuse_unknown(body, {"users", "broadcast", "data", "topic", "ttl", "idempotency_key"})
     _check_fields(body, level=level)
     if "data" not in body:
         raise _invalid("data", "required")
@@ -214,6 +146,7 @@ def batch_requests(
 def batch_items(body: Any) -> list[Any]:
     if not isinstance(body, dict) or not isinstance(body.get("pushes"), list):
         raise _invalid("pushes", "required: a list of push bodies")
+    _refuse_unknown(body, {"pushes"})
     items = body["pushes"]
     limit = gateway_settings.max_batch
     if not items:
@@ -230,9 +163,17 @@ class TokenRequest:
     meta: dict[str, Any]
 
 
+def _refuse_unknown(body: dict[str, Any], known: set[str]) -> None:
+    """As for pushes: a misspelt field is an error, not silently ignored."""
+    unknown = set(body) - known
+    if unknown:
+        raise _invalid(printable(sorted(unknown)[0]), "unknown field")
+
+
 def token_request(body: Any) -> TokenRequest:
     if not isinstance(body, dict):
         raise RequestInvalid("body must be a JSON object")
+    _refuse_unknown(body, {"user", "ttl", "meta"})
     _check_fields(body, level=1)
     user = body.get("user")
     if not valid_user_id(user):
@@ -253,10 +194,11 @@ def token_request(body: Any) -> TokenRequest:
 
 
 def disconnect_reason(body: Any) -> str:
-    if body is None:
-        return ""
+    """The reason of a disconnect body; an empty body reaches here as ``{}`` (a JSON
+    ``null`` is not an object, and is refused like any other)."""
     if not isinstance(body, dict):
         raise RequestInvalid("body must be a JSON object")
+    _refuse_unknown(body, {"reason"})
     _check_fields(body, level=1)
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 200:

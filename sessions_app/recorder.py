@@ -68,7 +68,9 @@ class SessionRecorder:
                 "connected_at": session.connected_at,
                 "last_seen": session.last_seen,
                 "remote_addr": session.remote_addr[:64],
-                "user_agent": session.user_agent[:512],
+                # A header may carry NUL, which PostgreSQL text refuses: one such client
+                # would fail every write of the node's session batch.
+                "user_agent": session.user_agent[:512].replace("\x00", ""),
                 "meta": session.meta,
             })
             self._recorded_seen[session.session_id] = session.last_seen

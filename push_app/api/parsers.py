@@ -10,7 +10,7 @@ from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
 from gateway_core.conf import gateway_settings
-from push_app.validation import MAX_DEPTH, printable
+from gateway_core.jsonsafe import MAX_DEPTH, printable
 
 
 class PayloadTooLarge(APIException):

@@ -8,8 +8,8 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -19,25 +19,12 @@ from gateway_core.conf import gateway_settings
 from gateway_core.tokens import valid_user_id
 from push_app import selectors, services, validation
 from push_app.api.errors import error_body
+from push_app.api.schema import BODY_ERRORS, COMMON_ERRORS, PUSH_ID, USER_ID, body, errors, ref
 from push_app.models import ApiClient
 from push_app.validation import RequestInvalid
 
-_PUSH_BODY = inline_serializer("PushBody", {
-    "users": serializers.ListField(child=serializers.CharField(), required=False),
-    "broadcast": serializers.BooleanField(required=False),
-    "data": serializers.JSONField(),
-    "topic": serializers.CharField(required=False),
-    "ttl": serializers.IntegerField(required=False, help_text="seconds"),
-    "idempotency_key": serializers.CharField(required=False),
-})
-_ACCEPTED = inline_serializer("PushAccepted", {
-    "id": serializers.CharField(), "status": serializers.CharField(),
-    "targets": serializers.JSONField(help_text='number of users, or "all"'),
-})
-_ERROR = inline_serializer("Error", {
-    "error": serializers.CharField(), "detail": serializers.CharField(),
-    "fields": serializers.DictField(required=False),
-})
+_USER_PARAMETER = OpenApiParameter("user_id", OpenApiTypes.STR, OpenApiParameter.PATH,
+                                   pattern=USER_ID["pattern"])
 
 
 def _client(request: Request) -> ApiClient:
@@ -66,10 +53,10 @@ def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
 # a view's docstring becomes its description in the published schema.)
 class PushView(APIView):
     @extend_schema(
-        request=_PUSH_BODY,
-        responses={202: _ACCEPTED, 200: _ACCEPTED, 400: _ERROR, 401: _ERROR, 413: _ERROR,
-                   429: _ERROR, 503: _ERROR},
-        examples=[OpenApiExample("to two users", value={"users": ["u1", "u2"], "data": {"n": 1}})],
+        request=body("PushBody"),
+        responses={202: ref("PushAccepted"), 200: ref("PushAccepted"), **errors(*BODY_ERRORS)},
+        examples=[OpenApiExample("to two users", value={"users": ["u1", "u2"], "data": {"n": 1}},
+                                 request_only=True)],
         summary="Push JSON to users, or to everyone",
     )
     def post(self, request: Request) -> Response:
@@ -97,8 +84,8 @@ class PushView(APIView):
 
 class PushBatchView(APIView):
     @extend_schema(
-        request=inline_serializer("PushBatch", {"pushes": serializers.ListField(child=_PUSH_BODY)}),
-        responses={202: OpenApiTypes.OBJECT, 400: _ERROR, 413: _ERROR},
+        request=body("PushBatch"),
+        responses={202: ref("BatchResults"), **errors(*BODY_ERRORS)},
         summary="Several pushes in one request; one bad item does not sink the others",
     )
     def post(self, request: Request) -> Response:
@@ -122,7 +109,12 @@ class PushBatchView(APIView):
 
 
 class PushDetailView(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, 404: _ERROR}, summary="A push's status")
+    @extend_schema(
+        parameters=[OpenApiParameter("push_id", OpenApiTypes.STR, OpenApiParameter.PATH,
+                                     pattern=PUSH_ID["pattern"])],
+        responses={200: ref("PushDetails"), **errors(404, *COMMON_ERRORS)},
+        summary="A push's status",
+    )
     def get(self, request: Request, push_id: str) -> Response:
         log = selectors.push_get(client=_client(request), push_id=push_id)
         if log is None:
@@ -132,21 +124,25 @@ class PushDetailView(APIView):
 
 
 class PresenceView(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, 400: _ERROR},
-                   summary="Whether a user is online, and where")
+    @extend_schema(
+        parameters=[_USER_PARAMETER],
+        responses={200: ref("Presence"), **errors(400, *COMMON_ERRORS)},
+        summary="Whether a user is online, and where",
+    )
     def get(self, request: Request, user_id: str) -> Response:
         return Response(bridge.user_presence(_user_id(user_id)))
 
 
 class DisconnectView(APIView):
     @extend_schema(
-        request=inline_serializer("Disconnect", {"reason": serializers.CharField(required=False)}),
-        responses={202: OpenApiTypes.OBJECT, 400: _ERROR},
+        parameters=[_USER_PARAMETER],
+        request=body("Disconnect"),
+        responses={202: ref("DisconnectAccepted"), **errors(*BODY_ERRORS)},
         summary="Close every connection of a user on every node (4010)",
     )
     def post(self, request: Request, user_id: str) -> Response:
         user_id = _user_id(user_id)
-        reason = validation.disconnect_reason(request.data or None)
+        reason = validation.disconnect_reason(request.data)
         order = orders.user_disconnect(user_id=user_id, reason=reason, submit=bridge.submit)
         return Response({"id": order.id, "status": "accepted", "user": user_id},
                         status=status.HTTP_202_ACCEPTED)
@@ -154,13 +150,8 @@ class DisconnectView(APIView):
 
 class TokenView(APIView):
     @extend_schema(
-        request=inline_serializer("TokenRequest", {
-            "user": serializers.CharField(), "ttl": serializers.IntegerField(required=False),
-            "meta": serializers.DictField(required=False),
-        }),
-        responses={201: inline_serializer("Token", {
-            "token": serializers.CharField(), "expires_at": serializers.DateTimeField(),
-        }), 400: _ERROR},
+        request=body("TokenRequest"),
+        responses={201: ref("Token"), **errors(*BODY_ERRORS)},
         summary="Mint a client token for a user",
     )
     def post(self, request: Request) -> Response:

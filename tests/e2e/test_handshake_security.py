@@ -123,3 +123,9 @@ def test_oversized_http_headers_are_refused(
                 % (len(body), body))
     assert kept.startswith(b"HTTP/1.1 401"), kept[:300]
     assert b"HTTP/1.1 200" in kept and b" 431 " not in kept, kept[:600]
+    # A whole request in one read (headers and a body over the header bound): accepted.
+    body = b'{"users": ["u1"], "data": "' + b"x" * 30_000 + b'"}'
+    whole = _raw(gw, b"POST /api/v1/push HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    assert whole.startswith(b"HTTP/1.1 401"), whole[:300]

@@ -3,7 +3,9 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import jsonschema
 import pytest
+from django.core.management import call_command
 from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -12,10 +14,11 @@ from gateway_core.conf import gateway_settings
 from gateway_core.messages import ControlMessage, PushMessage
 from gateway_core.tokens import decode_token
 from gateway_node.node import Node
-from push_app import services
+from push_app import services, validation
 from push_app.api.throttling import ApiClientRateThrottle, AuthFailureThrottle
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.services import api_client_create
+from push_app.validation import RequestInvalid
 from sessions_app.models import Node as NodeRow
 from sessions_app.models import SessionRecord
 from tests.unit.conftest import make_session
@@ -569,3 +572,120 @@ def test_an_impossible_key_costs_no_query(django_assert_num_queries):
             response = APIClient().post("/api/v1/tokens", {"user": "u"}, format="json",
                                         HTTP_AUTHORIZATION=f"Token {key}")
         assert_error(response, 401, "unauthorized")
+
+
+# --- the schema says exactly what the server accepts (issue #10) ---------------------------
+
+def _json_schema(schema, components):
+    """OpenAPI 3.0 to JSON Schema for ``jsonschema``: refs inlined, ``nullable`` as null."""
+    if isinstance(schema, list):
+        return [_json_schema(s, components) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:
+        return _json_schema(components[schema["$ref"].rsplit("/", 1)[1]], components)
+    out = {k: _json_schema(v, components) for k, v in schema.items() if k != "nullable"}
+    if isinstance(out.get("pattern"), str) and out["pattern"].endswith("$"):
+        # ECMA 262's `$` (JSON Schema's) is the end of the text; Python's also matches
+        # before a final newline.
+        out["pattern"] = out["pattern"][:-1] + r"\Z"
+    if schema.get("nullable"):
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+@pytest.fixture
+def components(client) -> dict:
+    schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/json").content)
+    return schema["components"]["schemas"]
+
+
+def _accepts(fn):
+    def check(body) -> bool:
+        try:
+            fn(body)
+        except RequestInvalid:
+            return False
+        return True
+    return check
+
+
+validation_push = _accepts(validation.push_request)
+validation_token = _accepts(validation.token_request)
+validation_disconnect = _accepts(validation.disconnect_reason)
+
+
+def _batch(body) -> None:
+    for item in validation.batch_items(body):
+        validation.push_request(item, level=validation.BATCH_ITEM_LEVEL)
+
+
+validation_batch = _accepts(_batch)
+OK_PUSH = {"users": ["u1"], "data": 1}
+SCHEMA_CASES = [
+    # (component, validator, body)
+    ("PushBody", validation_push, OK_PUSH),
+    ("PushBody", validation_push, {"broadcast": True, "data": None}),
+    ("PushBody", validation_push, {"broadcast": True, "users": None, "data": {"a": [1]}}),
+    ("PushBody", validation_push, {"broadcast": False, "users": ["a:b@c.d-e_f"], "data": 1}),
+    ("PushBody", validation_push, {**OK_PUSH, "topic": None, "ttl": None,
+                                   "idempotency_key": None}),
+    ("PushBody", validation_push, {**OK_PUSH, "ttl": 604800, "topic": "t" * 200}),
+    ("PushBody", validation_push, {"users": None, "data": 1}),
+    ("PushBody", validation_push, {"users": [], "data": 1}),
+    ("PushBody", validation_push, {"users": ["bad id"], "data": 1}),
+    ("PushBody", validation_push, {"users": ["u" * 129], "data": 1}),
+    ("PushBody", validation_push, {"users": ["u1\n"], "data": 1}),
+    ("PushBody", validation_push, {"broadcast": True, "users": ["u1"], "data": 1}),
+    ("PushBody", validation_push, {"broadcast": None, "users": ["u1"], "data": 1}),
+    ("PushBody", validation_push, {**OK_PUSH, "extra": 1}),
+    ("PushBody", validation_push, {"users": ["u1"]}),
+    ("PushBody", validation_push, {**OK_PUSH, "ttl": 0}),
+    ("PushBody", validation_push, {**OK_PUSH, "ttl": True}),
+    ("PushBody", validation_push, {**OK_PUSH, "ttl": 1.5}),
+    ("PushBody", validation_push, {**OK_PUSH, "topic": ""}),
+    ("PushBody", validation_push, {**OK_PUSH, "topic": "a\x00"}),
+    ("PushBody", validation_push, {**OK_PUSH, "idempotency_key": "k" * 201}),
+    ("PushBatch", validation_batch, {"pushes": [OK_PUSH]}),
+    ("PushBatch", validation_batch, {"pushes": []}),
+    ("PushBatch", validation_batch, {"pushes": None}),
+    ("PushBatch", validation_batch, {"pushes": [OK_PUSH], "more": 1}),
+    ("TokenRequest", validation_token, {"user": "u1"}),
+    ("TokenRequest", validation_token, {"user": "u1", "ttl": 60, "meta": {"a": [1]}}),
+    ("TokenRequest", validation_token, {"user": "u1", "meta": None}),
+    ("TokenRequest", validation_token, {"user": "u1", "ttl": None}),
+    ("TokenRequest", validation_token, {"user": "u1", "ttl": 0}),
+    ("TokenRequest", validation_token, {"user": "a b"}),
+    ("TokenRequest", validation_token, {"user": "u1", "metadata": {}}),
+    ("Disconnect", validation_disconnect, {}),
+    ("Disconnect", validation_disconnect, {"reason": "x" * 200}),
+    ("Disconnect", validation_disconnect, {"reason": None}),
+    ("Disconnect", validation_disconnect, {"reason": "x" * 201}),
+    ("Disconnect", validation_disconnect, {"why": "x"}),
+]
+
+
+@pytest.mark.parametrize(("name", "check", "body"), SCHEMA_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(SCHEMA_CASES)])
+def test_the_schema_accepts_exactly_what_the_server_accepts(components, name, check, body):
+    validator = jsonschema.Draft7Validator(_json_schema(components[name], components))
+    assert validator.is_valid(body) == check(body), body
+
+
+def test_the_schema_names_the_key_scheme_and_every_error_status(client):
+    schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/json").content)
+    assert schema["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey", "in": "header", "name": "Authorization",
+        "description": schema["components"]["securitySchemes"]["ApiKey"]["description"]}
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            assert {"401", "403", "429", "503"} <= set(operation["responses"]), (path, method)
+            assert operation["security"] == [{"ApiKey": []}]
+
+
+def test_the_schema_generates_without_warnings_and_validates(tmp_path):
+    # --fail-on-warn: drf-spectacular's warnings (an authenticator it cannot describe, a
+    # field it cannot type) fail the command, as they would `check --deploy`.
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file",
+                 str(tmp_path / "schema.yaml"))
+    assert "ApiKey" in (tmp_path / "schema.yaml").read_text()

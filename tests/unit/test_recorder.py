@@ -183,3 +183,14 @@ def test_dead_node_ids(monkeypatch):
     for node_id, age in (("n1", 100), ("dead", 31), ("live", 29)):
         Node.objects.create(id=node_id, started_at=dt(T0 - 1000), last_seen=dt(T0 - age))
     assert dead_node_ids(timeout_s=30, exclude="n1") == ["dead"]
+
+
+def test_a_user_agent_with_nul_is_stored_without_it():
+    # PostgreSQL text refuses NUL: one such header would fail the node's whole batch.
+    rec, registry = recorder(), SessionManager()
+    session = open_session(rec, registry, "u1", "s-nul")
+    session.user_agent = "evil\x00agent"
+    snap = rec.snapshot(registry, now=T0 + 1)
+    assert snap.opened[0]["user_agent"] == "evilagent"
+    rec.write(snap)
+    assert SessionRecord.objects.get(id="s-nul").user_agent == "evilagent"

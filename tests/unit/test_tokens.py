@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 
 import jwt
@@ -76,6 +79,13 @@ def test_bad_sub(sub):
         assert message == "bad sub"
 
 
+def nested_list(levels: int) -> list:
+    value: list = [1]
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize("meta", [[1], "x", 3])
 def test_meta_must_be_an_object(meta):
     token = sign({"sub": "u", "exp": int(time.time()) + 60, "meta": meta})
@@ -115,3 +125,31 @@ def test_valid_user_id():
 
 def test_sub_with_a_trailing_newline_is_refused():
     assert refused(sign({"sub": "u1\n", "exp": int(time.time()) + 60})) == "bad sub"
+
+
+@pytest.mark.parametrize("meta", [
+    {"name": "\ud800"},
+    {"\udfff": 1},
+    {"n": float("inf")},
+    {"n": 10**400},
+    {"nul": "a\x00b"},
+    {"deep": nested_list(70)},
+])
+def test_a_meta_no_database_or_client_takes_is_refused(meta):
+    # Signed by a business system, not minted by the API: decode is the only check.
+    token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 60, "meta": meta}, SECRET,
+                       algorithm="HS256")
+    with pytest.raises(InvalidToken, match=r"^meta "):
+        decode_token(token, secret=SECRET)
+
+
+def test_claims_nested_past_the_parsers_stack_are_a_malformed_token():
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body = base64.urlsafe_b64encode(
+        b'{"sub":"u1","exp":9999999999,"meta":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    ).rstrip(b"=")
+    signing_input = header + b"." + body
+    signature = base64.urlsafe_b64encode(
+        hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest()).rstrip(b"=")
+    with pytest.raises(InvalidToken, match="malformed token"):
+        decode_token((signing_input + b"." + signature).decode(), secret=SECRET)
