@@ -218,3 +218,35 @@ async def test_forwarder_encodes_a_message_object():
 
     await ChannelLayerForwarder(Layer(), node_id="fwd-node")(push())
     assert sent == [encode(push())]
+
+
+async def test_a_connection_that_raises_is_dropped_and_the_others_get_the_push(setup: Setup):
+    first = setup.add("a", "a1")
+    broken = make_session("a", "a2", connection=FakeConnection(
+        "a2", raises=RuntimeError("Attempt to send on a closed protocol")))
+    setup.registry.register(broken, max_per_user=10)
+    last = setup.add("b", "b1")
+    failures = metrics.REGISTRY.get_sample_value(
+        "gateway_session_failures_total", {"node": setup.node_id, "where": "write"})
+
+    assert await setup.deliverer.deliver_push(push(users=("a", "b"))) == 2
+    assert (len(first.connection.frames), len(last.connection.frames)) == (1, 1)
+    assert setup.registry.get("a2") is None and broken.connection.aborted
+    assert metrics.REGISTRY.get_sample_value(
+        "gateway_session_failures_total", {"node": setup.node_id, "where": "write"}
+    ) == failures + 1
+    # The next push goes on as usual, to the sessions that remain.
+    assert await setup.deliverer.handle(push("p2", users=("a", "b"))) is None
+    assert (len(first.connection.frames), len(last.connection.frames)) == (2, 2)
+    # Only a written push can be acked by the connection it was written to.
+    assert first.take_ack("p1") and first.take_ack("p2") and not broken.take_ack("p1")
+
+
+async def test_a_message_whose_delivery_fails_is_skipped_and_the_next_goes_on(setup: Setup):
+    session = setup.add("a", "a1")
+    before = setup.skipped("failed")
+    poison = push("p-poison", users=("a",), data_json='"\ud800"')  # cannot be encoded
+    await setup.deliverer.handle(poison)
+    assert setup.skipped("failed") == before + 1
+    await setup.deliverer.handle(push("p-next", users=("a",)))
+    assert [json.loads(f)["id"] for f in session.connection.frames] == ["p-next"]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sessions_app.registry import SessionManager
+from sessions_app.registry import ACK_WINDOW, SessionManager
 from tests.unit.conftest import make_session
 
 
@@ -139,3 +139,24 @@ def test_binary_frames_count_against_the_budget():
     assert session.count_frame(101.0, max_per_minute=1, alive=False) is True
     assert session.count_frame(102.0, max_per_minute=1, alive=False) is False
     assert session.last_seen == 100.0
+
+
+def test_a_connection_acks_each_push_it_received_once():
+    session = make_session("u1", "s1")
+    assert session.take_ack("p1") is False  # never received
+    session.received("p1")
+    session.received("p2")
+    assert session.take_ack("p2") is True
+    assert session.take_ack("p2") is False  # a repeat
+    assert session.take_ack("p1") is True
+    assert session.take_ack("p3") is False
+
+
+def test_only_the_newest_ack_window_pushes_can_be_acked():
+    session = make_session("u1", "s1")
+    for i in range(ACK_WINDOW + 10):
+        session.received(f"p{i}")
+    assert session.unacked is not None and len(session.unacked) == ACK_WINDOW
+    assert session.take_ack("p9") is False  # pushed out of the window
+    assert session.take_ack("p10") is True
+    assert session.take_ack(f"p{ACK_WINDOW + 9}") is True
