@@ -85,7 +85,7 @@ HEARTBEAT_TIMEOUTS = Counter(
     registry=REGISTRY,
 )
 FRAMES = Counter(
-    "gateway_frames_received_total", "Client frames by type (ping, ack, bad, binary).",
+    "gateway_frames_received_total", "Client frames by type (ping, ack, bad_ack, bad, binary).",
     [*_N, "type"], registry=REGISTRY,
 )
 
