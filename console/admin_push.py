@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -26,9 +25,10 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
-from console.admin_site import StrictActionsMixin
+from console.admin_site import StrictActionsMixin, user_url
 from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
+from push_app.errors import PushUnavailable
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.selectors import users_contain_q
 from push_app.services import (
@@ -50,10 +50,6 @@ USERS_SHOWN = 50
 
 _STATUS_TONE = {PushStatus.ACCEPTED: "warn", PushStatus.PUBLISHED: "info",
                 PushStatus.DELIVERED: "ok", PushStatus.FAILED: "bad"}
-
-
-def user_url(user_id: str) -> str:
-    return reverse("admin:console_user") + "?" + urlencode({"q": user_id})
 
 
 def _human_bytes(n: int) -> str:
@@ -235,7 +231,7 @@ class PushLogAdmin(admin.ModelAdmin):
                         topic=form.cleaned_data["topic"] or None,
                         submit=bridge.submit, backlog=bridge.backlog(),
                     )
-                except RequestInvalid as exc:
+                except (RequestInvalid, PushUnavailable) as exc:
                     form.add_error(None, exc.detail)
                 else:
                     self.message_user(request, f"Test push {log.id} sent to "

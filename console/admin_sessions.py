@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from console.admin_site import StrictActionsMixin
+from console.admin_site import StrictActionsMixin, user_url
 from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
 from sessions_app.models import Node, SessionRecord
@@ -53,10 +53,6 @@ def badge(state: str, text: str | None = None) -> str:
 
 def sessions_url(**params: str) -> str:
     return reverse("admin:sessions_app_sessionrecord_changelist") + "?" + urlencode(params)
-
-
-def user_url(user_id: str) -> str:
-    return reverse("admin:console_user") + "?" + urlencode({"q": user_id})
 
 
 def _actor_id(request: HttpRequest) -> int:

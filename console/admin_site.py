@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
@@ -51,6 +52,11 @@ from sessions_app.selectors import (
 REFRESH_MS = 5000
 #: The window of the per-node push rates.
 RATE_WINDOW_S = 300
+
+
+def user_url(user_id: str) -> str:
+    """The console's page of one user (its sessions and pushes)."""
+    return reverse("admin:console_user") + "?" + urlencode({"q": user_id})
 
 
 def has_view(user: Any, *perms: str) -> bool:

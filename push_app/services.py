@@ -22,8 +22,10 @@ from gateway_core.bridge import Submit
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import PushMessage
 from gateway_core.tokens import encode_token
+from push_app.errors import BrokerUnavailable, PushUnavailable
 from push_app.models import ApiClient, PushDelivery, PushLog, PushStatus
-from push_app.validation import PushRequest, RequestInvalid, TokenRequest, push_request
+from push_app.pushlog import build_log
+from push_app.validation import PushRequest, TokenRequest, push_request
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 #: Past this many unpublished messages in this process, new pushes get 503.
@@ -50,30 +52,16 @@ def push_message(log: PushLog) -> PushMessage:
 
 
 def check_relay_capacity(backlog: int) -> None:
-    """503 while the relay already holds more than ``MAX_RELAY_BACKLOG`` unpublished messages."""
+    """``BrokerUnavailable`` while the relay already holds more than ``MAX_RELAY_BACKLOG``
+    unpublished messages."""
     if backlog > MAX_RELAY_BACKLOG:
-        raise RequestInvalid(
-            f"the broker is unreachable and {backlog} pushes already wait for it",
-            code="broker_unavailable", status=503,
-        )
+        raise BrokerUnavailable(
+            f"the broker is unreachable and {backlog} pushes already wait for it")
 
 
 def _build_log(client: ApiClient | None, req: PushRequest, now: datetime) -> PushLog:
-    return PushLog(
-        id=new_push_id(now.timestamp()),
-        client=client,
-        broadcast=req.users is None,
-        users=[] if req.users is None else list(req.users),
-        target_count=0 if req.users is None else len(req.users),
-        topic=req.topic,
-        data_json=req.data_json,
-        payload_bytes=len(req.data_json.encode()),
-        idempotency_key=req.idempotency_key,
-        ttl_s=req.ttl_s,
-        expires_at=now + timedelta(seconds=req.ttl_s) if req.ttl_s else None,
-        accepted_node=gateway_settings.node_id,
-        created_at=now,
-    )
+    return build_log(client, req, push_id=new_push_id(now.timestamp()), now=now,
+                     node_id=gateway_settings.node_id)
 
 
 def _existing(client: ApiClient | None, key: str | None, now: datetime) -> PushLog | None:
@@ -126,10 +114,8 @@ def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submi
                 message = push_message(log)
                 transaction.on_commit(lambda m=message: submit(m))  # type: ignore[misc]
     except DatabaseError as exc:
-        raise RequestInvalid(
-            f"the push could not be stored: {exc.__class__.__name__}",
-            code="unavailable", status=503,
-        ) from exc
+        raise PushUnavailable(
+            f"the push could not be stored: {exc.__class__.__name__}") from exc
     return results
 
 

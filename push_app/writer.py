@@ -39,14 +39,16 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from gateway_core.messages import Message, PushMessage
 from push_app import services
-from push_app.models import ApiClient, PushLog, PushStatus
+from push_app.errors import PushUnavailable
+from push_app.models import ApiClient, PushLog
+from push_app.pushlog import COLUMNS, CREATED_AT, EXPIRES_AT, USERS, log_row
 from push_app.validation import PushRequest, RequestInvalid
 
 logger = logging.getLogger("gateway.writer")
@@ -123,10 +125,10 @@ class PushWriter:
         """Store ``reqs`` (none with an idempotency key) in the next group commit; per
         push, in order, its message once committed and handed to the relay, or the
         ``RequestInvalid`` (400 ``unstorable``) of a push the database refused. Raises
-        ``RequestInvalid`` (503) if the database failed, ``ClientRevoked`` if the client
+        ``PushUnavailable`` if the database failed, ``ClientRevoked`` if the client
         may no longer push."""
         if self._closing:
-            raise RequestInvalid("this node is stopping", code="unavailable", status=503)
+            raise PushUnavailable("this node is stopping")
         assert all(req.idempotency_key is None for req in reqs), "keyed pushes: store_keyed"
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Stored] = loop.create_future()
@@ -187,10 +189,8 @@ class PushWriter:
             else:
                 logger.exception("push log group of %d request(s) not stored", len(group))
             for entry in group:
-                _fail(entry.future, RequestInvalid(
-                    f"the push could not be stored: {exc.__class__.__name__}",
-                    code="unavailable", status=503,
-                ))
+                _fail(entry.future, PushUnavailable(
+                    f"the push could not be stored: {exc.__class__.__name__}"))
             if not isinstance(exc, Exception):
                 raise
             return
@@ -214,12 +214,6 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
 
 # --- On the database thread ----------------------------------------------------------------
 
-#: The push log's columns, by attribute name, in the order ``store_group`` fills them.
-COLUMNS = (
-    "id", "client_id", "status", "broadcast", "users", "target_count", "topic", "data_json",
-    "payload_bytes", "idempotency_key", "ttl_s", "expires_at", "accepted_node", "created_at",
-    "published_at", "delivered", "acked", "error",
-)
 _insert_sql: dict[str, str] = {}
 
 
@@ -230,7 +224,7 @@ def insert_sql() -> str:
         by_attname = {f.attname: str(f.column) for f in PushLog._meta.concrete_fields}
         if set(by_attname) != set(COLUMNS):
             raise RuntimeError(f"PushLog's fields changed: {sorted(by_attname)}; "
-                               "update push_app.writer.COLUMNS")
+                               "update push_app.pushlog.COLUMNS")
         quote = connection.ops.quote_name
         sql = (f"INSERT INTO {quote(PushLog._meta.db_table)} "
                f"({', '.join(quote(by_attname[a]) for a in COLUMNS)}) "
@@ -263,7 +257,6 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
     users_field = fields.get_field("users")
     time_field = fields.get_field("created_at")
     created_at = time_field.get_db_prep_save(now, connection)
-    status = PushStatus.ACCEPTED.value
     users_text = connection.vendor == "sqlite"  # JSON stored as json.dumps' text
     # Ids as services.new_push_id makes them: the time in ms, then 80 random bits (drawn
     # for the whole group at once).
@@ -272,7 +265,7 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
     drawn = 0
     pks = {client.pk for client, _ in items if client is not None}
     outcomes: list[Stored | ClientRevoked] = []
-    rows: list[tuple[Any, ...]] = []
+    rows: list[list[Any]] = []
     #: Per row: the request's outcome list and the row's place in it.
     places: list[tuple[Stored, int]] = []
     with transaction.atomic():
@@ -286,19 +279,17 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
             for req in reqs:
                 push_id = id_prefix + randomness[drawn:drawn + 20]
                 drawn += 20
-                expires = now + timedelta(seconds=req.ttl_s) if req.ttl_s else None
+                row = log_row(req, push_id=push_id,
+                              client_id=None if client is None else client.pk, now=now,
+                              node_id=node_id)
+                expires = row[EXPIRES_AT]
                 users = req.users
                 try:
-                    row = (
-                        push_id, None if client is None else client.pk, status, users is None,
-                        _users_json(users) if users_text else users_field.get_db_prep_save(
-                            [] if users is None else list(users), connection),
-                        0 if users is None else len(users), req.topic, req.data_json,
-                        len(req.data_json.encode()), None, req.ttl_s,
-                        None if expires is None
-                        else time_field.get_db_prep_save(expires, connection),
-                        node_id, created_at, None, 0, 0, "",
-                    )
+                    row[USERS] = (_users_json(users) if users_text
+                                  else users_field.get_db_prep_save(row[USERS], connection))
+                    if expires is not None:
+                        row[EXPIRES_AT] = time_field.get_db_prep_save(expires, connection)
+                    row[CREATED_AT] = created_at
                 except Exception as exc:  # a value no row can hold: this push alone fails
                     messages.append(_unstorable(push_id, exc))
                     continue
@@ -330,11 +321,11 @@ def _unstorable(push_id: str, exc: Exception) -> RequestInvalid:
     )
 
 
-def _insert_rows(cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+def _insert_rows(cursor: Any, rows: Sequence[Sequence[Any]]) -> None:
     cursor.executemany(insert_sql(), rows)
 
 
-def _insert_apart(cursor: Any, rows: list[tuple[Any, ...]]) -> dict[int, Exception]:
+def _insert_apart(cursor: Any, rows: list[list[Any]]) -> dict[int, Exception]:
     """Insert ``rows``, each failing slice halved in its own savepoint until the rows the
     database refuses stand alone; their indexes and errors. A failure of the database
     itself still raises."""

@@ -1,4 +1,8 @@
-"""Every API error as ``{"error": code, "detail": text, "fields": {...}?}``."""
+"""Every API error as ``{"error": code, "detail": text, "fields": {...}?}``.
+
+The one place that maps errors to HTTP: DRF's exceptions, ``RequestInvalid`` (a refused
+request) and the domain's ``PushUnavailable`` (503), for the hot path (``error_parts``) and
+the DRF views (``exception_handler``) alike."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from push_app.errors import PushUnavailable
 from push_app.validation import RequestInvalid
 from push_app.writer import DATABASE_DOWN
 
@@ -50,10 +55,13 @@ def api_exception_body(exc: exceptions.APIException) -> dict[str, Any]:
     return error_body(code, detail, fields)
 
 
-def error_parts(exc: RequestInvalid | exceptions.APIException
+def error_parts(exc: RequestInvalid | PushUnavailable | exceptions.APIException
                 ) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """Status, body and headers of an error, as the DRF views answer it: for the API's
-    paths served without DRF (``push_app.api.hotpath``)."""
+    """Status, body and headers of an error: what the DRF views answer (through
+    ``exception_handler``) and the API's paths served without DRF
+    (``push_app.api.hotpath``)."""
+    if isinstance(exc, PushUnavailable):
+        return 503, error_body(exc.code, exc.detail), {}
     if isinstance(exc, RequestInvalid):
         return exc.status, error_body(exc.code, exc.detail, exc.fields), {}
     headers: dict[str, str] = {}
@@ -65,11 +73,10 @@ def error_parts(exc: RequestInvalid | exceptions.APIException
     return exc.status_code, api_exception_body(exc), headers
 
 
-def database_unavailable(exc: Exception) -> RequestInvalid:
-    """503 for a database that failed as a whole (locked past its timeout, unreachable):
-    the request may be retried, and nothing of it was stored."""
-    return RequestInvalid(f"the database is unavailable: {exc.__class__.__name__}",
-                          code="unavailable", status=503)
+def database_unavailable(exc: Exception) -> PushUnavailable:
+    """For a database that failed as a whole (locked past its timeout, unreachable): the
+    request may be retried, and nothing of it was stored (503)."""
+    return PushUnavailable(f"the database is unavailable: {exc.__class__.__name__}")
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -77,8 +84,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         logger.warning("%s: database unavailable: %r",
                        getattr(context.get("request"), "path", "?"), exc)
         exc = database_unavailable(exc)
-    if isinstance(exc, RequestInvalid):
-        return Response(error_body(exc.code, exc.detail, exc.fields), status=exc.status)
+    if isinstance(exc, RequestInvalid | PushUnavailable):
+        status, body, headers = error_parts(exc)
+        return Response(body, status=status, headers=headers)
     response = drf_exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response

@@ -47,6 +47,7 @@ from push_app.api.authentication import (
 from push_app.api.errors import database_unavailable, error_body, error_parts
 from push_app.api.parsers import body_too_large, check_declared_length, parse_json
 from push_app.api.throttling import ApiClientRateThrottle
+from push_app.errors import PushUnavailable
 from push_app.models import ApiClient
 from push_app.relay import Relay
 from push_app.validation import PushRequest, RequestInvalid
@@ -120,7 +121,7 @@ class PushRoutes:
     async def serve(self, scope: Scope, receive: Receive, send: Send, *, batch: bool) -> None:
         try:
             status, body, headers = await self.handle(scope, receive, batch=batch)
-        except (RequestInvalid, APIException) as exc:
+        except (RequestInvalid, PushUnavailable, APIException) as exc:
             status, body, headers = error_parts(exc)
         except ClientGone:
             return
@@ -228,7 +229,7 @@ class PushRoutes:
                 push_id, status = log.id, log.status
                 targets = req.targets if created else ("all" if log.broadcast
                                                        else log.target_count)
-        except RequestInvalid:
+        except PushUnavailable:
             counted.push(client.name, "unavailable")
             raise
         counted.push(client.name, "accepted" if created else "repeated")

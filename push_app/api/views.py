@@ -20,6 +20,7 @@ from gateway_core.tokens import valid_user_id
 from push_app import selectors, services, validation
 from push_app.api.errors import error_body
 from push_app.api.schema import BODY_ERRORS, COMMON_ERRORS, PUSH_ID, USER_ID, body, errors, ref
+from push_app.errors import PushUnavailable
 from push_app.models import ApiClient
 from push_app.validation import RequestInvalid
 
@@ -71,7 +72,7 @@ class PushView(APIView):
             log, created = services.push_create(
                 client=client, req=req, submit=bridge.submit, backlog=bridge.backlog()
             )
-        except RequestInvalid:
+        except PushUnavailable:
             counted.push(client.name, "unavailable")
             raise
         counted.push(client.name, "accepted" if created else "repeated")

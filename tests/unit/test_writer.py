@@ -12,6 +12,8 @@ from django.db import DatabaseError, OperationalError
 
 from gateway_core.messages import PushMessage
 from push_app import services, writer
+from push_app.api.errors import error_parts
+from push_app.errors import PushUnavailable
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.selectors import users_contain_q
 from push_app.validation import PushRequest, RequestInvalid, push_request
@@ -137,8 +139,9 @@ async def test_a_failed_transaction_answers_503_and_stores_nothing(monkeypatch):
         return_exceptions=True,
     )
     for result in results:
-        assert isinstance(result, RequestInvalid)
-        assert (result.status, result.code) == (503, "unavailable")
+        assert isinstance(result, PushUnavailable)
+        assert error_parts(result)[:2] == (503, {"error": "unavailable",
+                                                 "detail": result.detail})
     assert await PushLog.objects.acount() == 0
     assert submitted == []
     # The writer recovers with the database.
@@ -152,9 +155,9 @@ async def test_a_database_that_is_down_answers_503():
         raise DatabaseError("connection refused")
 
     w, submitted = make_writer(down)
-    with pytest.raises(RequestInvalid) as caught:
+    with pytest.raises(PushUnavailable) as caught:
         await w.write(client=None, reqs=[req()])
-    assert caught.value.status == 503 and "DatabaseError" in caught.value.detail
+    assert caught.value.code == "unavailable" and "DatabaseError" in caught.value.detail
     assert submitted == []
 
 
@@ -199,9 +202,9 @@ async def test_close_waits_for_the_queued_writes_then_refuses():
     await asyncio.sleep(0)
     await w.close()
     assert pending.done() and len(submitted) == 1
-    with pytest.raises(RequestInvalid) as caught:
+    with pytest.raises(PushUnavailable) as caught:
         await w.write(client=None, reqs=[req()])
-    assert caught.value.status == 503
+    assert caught.value.code == "unavailable"
     w.reopen()
     assert len(await w.write(client=None, reqs=[req()])) == 1
 
@@ -311,5 +314,5 @@ async def test_a_database_failure_during_isolation_still_answers_503_for_all(mon
         return_exceptions=True,
     )
     for result in results:
-        assert isinstance(result, RequestInvalid) and result.status == 503
+        assert isinstance(result, PushUnavailable) and result.code == "unavailable"
     assert await PushLog.objects.acount() == 0 and submitted == []
