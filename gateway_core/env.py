@@ -12,23 +12,32 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger("gateway.env")
 
 
-class ConfigError(ValueError):
-    """A variable is set to something the gateway cannot use."""
+class ConfigError(ImproperlyConfigured, ValueError):
+    """A variable is set to something the gateway cannot use (the message names it)."""
 
 
-def text(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
+# Each reader takes the variables from ``environ`` (default: the process's), so the
+# settings table can be tested without touching ``os.environ``.
+
+
+def text(name: str, default: str, *, environ: Mapping[str, str] | None = None) -> str:
+    value = (os.environ if environ is None else environ).get(name, "").strip()
     return value or default
 
 
-def integer(name: str, default: int, *, minimum: int = 0) -> int:
-    raw = os.environ.get(name, "").strip()
+def integer(
+    name: str, default: int, *, minimum: int = 0, environ: Mapping[str, str] | None = None
+) -> int:
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
         return default
     try:
@@ -40,8 +49,10 @@ def integer(name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
-def flag(name: str, default: bool = False) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
+def flag(
+    name: str, default: bool = False, *, environ: Mapping[str, str] | None = None
+) -> bool:
+    raw = (os.environ if environ is None else environ).get(name, "").strip().lower()
     if not raw:
         return default
     if raw in {"1", "true", "yes", "on"}:
@@ -51,13 +62,14 @@ def flag(name: str, default: bool = False) -> bool:
     raise ConfigError(f"{name} must be on or off, got {raw!r}")
 
 
-def csv(name: str, default: str) -> list[str]:
-    return [item.strip() for item in text(name, default).split(",") if item.strip()]
+def csv(name: str, default: str, *, environ: Mapping[str, str] | None = None) -> list[str]:
+    value = text(name, default, environ=environ)
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def cidrs(name: str, default: str) -> list[str]:
+def cidrs(name: str, default: str, *, environ: Mapping[str, str] | None = None) -> list[str]:
     """Comma-separated networks (``10.0.0.0/8``, ``::1/128``, or a bare address)."""
-    values = csv(name, default)
+    values = csv(name, default, environ=environ)
     for value in values:
         try:
             ipaddress.ip_network(value, strict=False)

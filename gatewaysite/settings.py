@@ -1,8 +1,10 @@
 """Django settings for the gateway.
 
-Every value a deployment changes comes from the environment through ``gateway_core.env``
-(the table lives in ../shared/PROTOCOL.md section 4 and the README). Code reads these
-settings at use time through ``gateway_core.conf``.
+Every value a deployment changes comes from the environment through ``gateway_core.env``.
+The plain GATEWAY_* settings come from the settings table (``gatewaysite/settings_table.py``),
+which also generates the README's configuration rows; what needs computing (data dir,
+secrets, node id, database, channel layers, logging, Django's own) is written out here.
+Code reads these settings at use time through ``gateway_core.conf``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dj_database_url
 
 from gateway_core import env, logs
 from gateway_node import origins
+from gatewaysite import settings_table
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env.data_dir()
@@ -214,67 +217,19 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# --- Gateway ---------------------------------------------------------------------------
+# --- Gateway and monitoring: the settings table (gatewaysite/settings_table.py) -----------
+# Every plain GATEWAY_* setting is one row of the table, declared in gateway_core/conf.py
+# or monitoring/conf.py: its variable, its Django setting, its type and default.
 GATEWAY_JWT_SECRET = _secrets.jwt_secret
-GATEWAY_BROKER = env.text("GATEWAY_BROKER", "local")
-GATEWAY_ROCKETMQ_ENDPOINT = env.text("GATEWAY_ROCKETMQ_ENDPOINT", "127.0.0.1:8081")
-GATEWAY_ROCKETMQ_TOPIC = env.text("GATEWAY_ROCKETMQ_TOPIC", "gateway-push")
-GATEWAY_HEARTBEAT_INTERVAL_S = env.integer("GATEWAY_HEARTBEAT_INTERVAL", 25, minimum=1)
-GATEWAY_HEARTBEAT_TIMEOUT_S = env.integer("GATEWAY_HEARTBEAT_TIMEOUT", 60, minimum=1)
-GATEWAY_MAX_CONNECTIONS_PER_USER = env.integer("GATEWAY_MAX_CONNECTIONS_PER_USER", 5, minimum=1)
-GATEWAY_MAX_PAYLOAD_BYTES = env.integer("GATEWAY_MAX_PAYLOAD_BYTES", 65536, minimum=1)
-GATEWAY_MAX_USERS_PER_PUSH = env.integer("GATEWAY_MAX_USERS_PER_PUSH", 1000, minimum=1)
-GATEWAY_MAX_BATCH = env.integer("GATEWAY_MAX_BATCH", 500, minimum=1)
-GATEWAY_MAX_REQUEST_BYTES = env.integer("GATEWAY_MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1)
-GATEWAY_MAX_FRAME_BYTES = env.integer("GATEWAY_MAX_FRAME_BYTES", 4096, minimum=16)
-GATEWAY_MAX_FRAMES_PER_MINUTE = env.integer("GATEWAY_MAX_FRAMES_PER_MINUTE", 120, minimum=1)
-GATEWAY_MAX_SEND_BUFFER_BYTES = env.integer(
-    "GATEWAY_MAX_SEND_BUFFER_BYTES", 1024 * 1024, minimum=1024
-)
-# Not in the v1 contract table; documented in the README.
-GATEWAY_API_RATE_PER_SECOND = env.integer("GATEWAY_API_RATE_PER_SECOND", 2000, minimum=0)
-# Failed API authentications (unknown or malformed keys) per client address and minute,
-# per process; past it, 429 until the budget refills. 0 disables.
-GATEWAY_API_AUTH_FAILURES_PER_MINUTE = env.integer(
-    "GATEWAY_API_AUTH_FAILURES_PER_MINUTE", 60, minimum=0
-)
-GATEWAY_NODE_TIMEOUT_S = env.integer("GATEWAY_NODE_TIMEOUT", 30, minimum=3)
-GATEWAY_RECORD_INTERVAL_S = env.integer("GATEWAY_RECORD_INTERVAL", 5, minimum=1)
-GATEWAY_MAX_TOKEN_TTL_S = env.integer("GATEWAY_MAX_TOKEN_TTL", 30 * 24 * 3600, minimum=60)
-# Retention (`manage.py prunegateway`): days kept; 0 keeps forever.
-GATEWAY_RETENTION_PUSH_DAYS = env.integer("GATEWAY_RETENTION_PUSH_DAYS", 7, minimum=0)
-GATEWAY_RETENTION_SESSION_DAYS = env.integer("GATEWAY_RETENTION_SESSION_DAYS", 7, minimum=0)
+_table_settings = settings_table.TABLE.django_settings()
+globals().update(_table_settings)
 
 # The request body limit is enforced by the API's parser with a 413; Django's own check
 # would answer 400 first, so it is raised above ours.
-DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_REQUEST_BYTES + 1024 * 1024
-
-# --- Monitoring and alerting (docs/monitoring.md) --------------------------------------
-# Who may read /metrics (gateway_node/metrics_access.py): peers in these networks, or a bearer
-# of the token (unset: no token opens it).
-GATEWAY_METRICS_ALLOW = env.cidrs(
-    "GATEWAY_METRICS_ALLOW", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
-)
-GATEWAY_METRICS_TOKEN = env.text("GATEWAY_METRICS_TOKEN", "")
-# Browser origins allowed to open /ws/ (gateway_node/origins.py); unset: any. Parsed here
-# once so that a typo stops the node at start instead of refusing every browser.
-GATEWAY_ALLOWED_ORIGINS = env.text("GATEWAY_ALLOWED_ORIGINS", "")
-origins.parse(GATEWAY_ALLOWED_ORIGINS)
-# Connections a node is sized for: gateway_connections_ceiling, and the alert near it.
-GATEWAY_CONNECTIONS_CEILING = env.integer("GATEWAY_CONNECTIONS_CEILING", 10_000, minimum=0)
-# `manage.py runalerts`: where to notify, how often to look, and the thresholds.
-GATEWAY_ALERT_WEBHOOK_URL = env.text("GATEWAY_ALERT_WEBHOOK_URL", "")
-GATEWAY_ALERT_EMAIL = env.flag("GATEWAY_ALERT_EMAIL", False)
-GATEWAY_ALERT_INTERVAL_S = env.integer("GATEWAY_ALERT_INTERVAL", 30, minimum=1)
-GATEWAY_ALERT_WINDOW_S = env.integer("GATEWAY_ALERT_WINDOW", 300, minimum=1)
-GATEWAY_ALERT_BACKLOG_AGE_S = env.integer("GATEWAY_ALERT_BACKLOG_AGE", 60, minimum=1)
-GATEWAY_ALERT_BACKLOG_MIN = env.integer("GATEWAY_ALERT_BACKLOG_MIN", 1, minimum=1)
-GATEWAY_ALERT_FAILED_MIN = env.integer("GATEWAY_ALERT_FAILED_MIN", 1, minimum=1)
-GATEWAY_ALERT_UNDELIVERED_AGE_S = env.integer("GATEWAY_ALERT_UNDELIVERED_AGE", 30, minimum=1)
-GATEWAY_ALERT_LATENCY_P99_MS = env.integer("GATEWAY_ALERT_LATENCY_P99_MS", 5000, minimum=1)
-GATEWAY_ALERT_CONNECTIONS_PERCENT = env.integer(
-    "GATEWAY_ALERT_CONNECTIONS_PERCENT", 90, minimum=1
-)
+DATA_UPLOAD_MAX_MEMORY_SIZE = _table_settings["GATEWAY_MAX_REQUEST_BYTES"] + 1024 * 1024
+# Browser origins: parsed here once so that a typo stops the node at start instead of
+# refusing every browser.
+origins.parse(_table_settings["GATEWAY_ALLOWED_ORIGINS"])
 # Mail for GATEWAY_ALERT_EMAIL=on (Django's mail_admins): recipients and SMTP server.
 ADMINS = [("", address) for address in env.csv("DJANGO_ADMINS", "")]
 SERVER_EMAIL = env.text("DJANGO_SERVER_EMAIL", "gateway@localhost")

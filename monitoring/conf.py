@@ -1,58 +1,69 @@
-"""Typed, read-at-use-time access to the alerting settings (``override_settings`` works)."""
+"""Typed, read-at-use-time access to the alerting settings (``override_settings`` works).
+
+Each attribute is a row of the settings table (``gateway_core.settings_table``), as in
+``gateway_core.conf``; the rows the gateway already declares are shared, not repeated.
+"""
 
 from __future__ import annotations
 
 from django.conf import settings
 
+from gateway_core.conf import GatewaySettings
+from gateway_core.settings_table import Flag, Integer, Setting, SettingsGroup, Text
 
-class AlertSettings:
-    @property
-    def webhook_url(self) -> str:
-        return str(settings.GATEWAY_ALERT_WEBHOOK_URL)
 
-    @property
-    def email(self) -> bool:
-        return bool(settings.GATEWAY_ALERT_EMAIL)
+class AlertSettings(SettingsGroup):
+    connections_ceiling = GatewaySettings.connections_ceiling
+    node_timeout_s = GatewaySettings.node_timeout_s
 
-    @property
-    def interval_s(self) -> int:
-        return int(settings.GATEWAY_ALERT_INTERVAL_S)
-
-    @property
-    def window_s(self) -> int:
-        return int(settings.GATEWAY_ALERT_WINDOW_S)
-
-    @property
-    def backlog_age_s(self) -> int:
-        return int(settings.GATEWAY_ALERT_BACKLOG_AGE_S)
-
-    @property
-    def backlog_min(self) -> int:
-        return int(settings.GATEWAY_ALERT_BACKLOG_MIN)
-
-    @property
-    def failed_min(self) -> int:
-        return int(settings.GATEWAY_ALERT_FAILED_MIN)
-
-    @property
-    def undelivered_age_s(self) -> int:
-        return int(settings.GATEWAY_ALERT_UNDELIVERED_AGE_S)
+    # docs/monitoring.md documents these by hand (README: the `GATEWAY_ALERT_*` row).
+    webhook_url = Setting(
+        Text(), env="GATEWAY_ALERT_WEBHOOK_URL", django="GATEWAY_ALERT_WEBHOOK_URL", default="",
+        doc="`runalerts` POSTs each notice here (Alertmanager's webhook shape)",
+    )
+    email = Setting(
+        Flag(), env="GATEWAY_ALERT_EMAIL", django="GATEWAY_ALERT_EMAIL", default=False,
+        doc="`runalerts` mails each notice to `DJANGO_ADMINS`",
+    )
+    interval_s = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_INTERVAL", django="GATEWAY_ALERT_INTERVAL_S",
+        default=30, unit="s", doc="between rounds of `runalerts`",
+    )
+    window_s = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_WINDOW", django="GATEWAY_ALERT_WINDOW_S",
+        default=300, unit="s", doc="looked back for failed pushes and latency",
+    )
+    backlog_age_s = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_BACKLOG_AGE", django="GATEWAY_ALERT_BACKLOG_AGE_S",
+        default=60, unit="s", doc="an accepted push older than this counts as backlog",
+    )
+    backlog_min = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_BACKLOG_MIN", django="GATEWAY_ALERT_BACKLOG_MIN",
+        default=1, doc="backlog pushes that fire",
+    )
+    failed_min = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_FAILED_MIN", django="GATEWAY_ALERT_FAILED_MIN",
+        default=1, doc="failed pushes in the window that fire",
+    )
+    undelivered_age_s = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_UNDELIVERED_AGE",
+        django="GATEWAY_ALERT_UNDELIVERED_AGE_S", default=30, unit="s",
+        doc="after which an undelivered push to a connected user counts",
+    )
+    latency_p99_ms = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_LATENCY_P99_MS",
+        django="GATEWAY_ALERT_LATENCY_P99_MS", default=5000, unit="ms",
+        doc="push latency threshold (p99)",
+    )
+    connections_percent = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_CONNECTIONS_PERCENT",
+        django="GATEWAY_ALERT_CONNECTIONS_PERCENT", default=90, unit="%",
+        doc="of the connections ceiling",
+    )
 
     @property
     def latency_p99_s(self) -> float:
-        return int(settings.GATEWAY_ALERT_LATENCY_P99_MS) / 1000
-
-    @property
-    def connections_percent(self) -> int:
-        return int(settings.GATEWAY_ALERT_CONNECTIONS_PERCENT)
-
-    @property
-    def connections_ceiling(self) -> int:
-        return int(settings.GATEWAY_CONNECTIONS_CEILING)
-
-    @property
-    def node_timeout_s(self) -> int:
-        return int(settings.GATEWAY_NODE_TIMEOUT_S)
+        return self.latency_p99_ms / 1000
 
     @property
     def extra_notifiers(self) -> dict[str, dict[str, object]]:
