@@ -158,3 +158,22 @@ def test_sync_replaces_stale_rows_and_keeps_the_others() -> None:
     assert "\n".join(TABLE.rows(README_SECTIONS[1])) in synced
     with pytest.raises(ValueError, match="no rows"):
         TABLE.sync(hand, README_SECTIONS)
+
+
+# Variables settings.py (or gateway_core.env for it) reads by hand: computed, or django-axes'.
+HAND_WRITTEN = {
+    "GATEWAY_NODE_ID", "GATEWAY_JWT_SECRET", "GATEWAY_DATA_DIR", "GATEWAY_LOG_LEVEL",
+    "GATEWAY_LOG_FORMAT", "GATEWAY_ADMIN_LOGIN_FAILURES", "GATEWAY_ADMIN_LOCKOUT_MINUTES",
+}
+
+
+def test_every_variable_the_docs_name_is_read() -> None:
+    # A renamed variable cannot linger in README.md, PROTOCOL.md or docs/*.md.
+    source = "".join(
+        (ROOT / name).read_text() for name in ("gatewaysite/settings.py", "gateway_core/env.py")
+    )
+    assert {name for name in HAND_WRITTEN if f'"{name}"' not in source} == set()
+    known = {row.env for row in TABLE.settings} | HAND_WRITTEN | {"GATEWAY_ALERT_NOTIFIERS"}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        named = set(re.findall(r"\bGATEWAY_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+        assert named - known == set(), path.name
