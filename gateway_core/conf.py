@@ -7,8 +7,9 @@ builds the Django settings from these rows; the README's configuration rows are 
 from them. Reading ``settings`` on every access (as django-cors-headers does) keeps
 ``override_settings`` working in tests; nothing here is captured at import time.
 
-Adding a setting: one ``Setting(...)`` line below (``docs="contract"`` or ``"extra"`` lists it
-in the README's first or second table), then ``python -m gatewaysite.settings_table --write``.
+Adding a setting: one ``Setting(...)`` line below (``docs=CONTRACT`` or ``EXTRA`` lists it in
+the README's first or second table, ``ALERTS`` in docs/monitoring.md's), then
+``python -m gatewaysite.settings_table --write``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway_core.settings_table import Cidrs, Derived, Integer, Setting, Settin
 
 CONTRACT = "contract"  # README's first table: the variables PROTOCOL.md section 4 names
 EXTRA = "extra"  # README's "beyond the contract" table
+ALERTS = "alerts"  # docs/monitoring.md's settings table
 
 
 class GatewaySettings(SettingsGroup):
@@ -145,7 +147,7 @@ class GatewaySettings(SettingsGroup):
     )
     connections_ceiling = Setting(
         Integer(minimum=0), env="GATEWAY_CONNECTIONS_CEILING",
-        django="GATEWAY_CONNECTIONS_CEILING", default=10_000, docs=EXTRA,
+        django="GATEWAY_CONNECTIONS_CEILING", default=10_000, docs=(EXTRA, ALERTS),
         doc="connections a node is sized for (metric and alert; 0: no ceiling alert)",
     )
 

@@ -118,7 +118,7 @@ class Derived(Generic[T]):
 
 
 class Setting(Derived[T]):
-    """One row of the table. ``docs`` names the documentation table it is listed in
+    """One row of the table. ``docs`` names the documentation table(s) it is listed in
     (``None``: documented by hand elsewhere); ``shown`` replaces the rendered default."""
 
     def __init__(
@@ -130,7 +130,7 @@ class Setting(Derived[T]):
         default: Any,
         doc: str,
         unit: str = "",
-        docs: str | None = None,
+        docs: str | tuple[str, ...] | None = None,
         shown: str | None = None,
     ) -> None:
         super().__init__(kind, django)
@@ -138,7 +138,7 @@ class Setting(Derived[T]):
         self.default = default
         self.doc = doc
         self.unit = unit
-        self.docs = docs
+        self.docs: tuple[str, ...] = (docs,) if isinstance(docs, str) else (docs or ())
         self.shown = shown
 
     def from_env(self, environ: Mapping[str, str]) -> object:
@@ -187,7 +187,7 @@ class Table:
 
     def rows(self, docs: str) -> list[str]:
         """The markdown rows of the documentation table ``docs``."""
-        return [row.row() for row in self.settings if row.docs == docs]
+        return [row.row() for row in self.settings if docs in row.docs]
 
     def sync(self, text: str, sections: Sequence[str]) -> str:
         """``text`` with its table rows for ``sections`` regenerated.
@@ -195,7 +195,7 @@ class Table:
         The rows of each section stand together in one run of table lines (the hand-written
         rows of that table before or after them); runs appear in the order of ``sections``.
         """
-        managed = {f"`{row.env}`" for row in self.settings if row.docs in sections}
+        managed = {f"`{row.env}`" for row in self.settings if set(row.docs) & set(sections)}
         lines = text.split("\n")
         out: list[str] = []
         pending = list(sections)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from gateway_core.conf import GatewaySettings
+from gateway_core.conf import ALERTS, GatewaySettings
 from gateway_core.settings_table import Flag, Integer, Setting, SettingsGroup, Text
 
 
@@ -16,7 +16,8 @@ class AlertSettings(SettingsGroup):
     connections_ceiling = GatewaySettings.connections_ceiling
     node_timeout_s = GatewaySettings.node_timeout_s
 
-    # docs/monitoring.md documents these by hand (README: the `GATEWAY_ALERT_*` row).
+    # ALERTS: rows of docs/monitoring.md's settings table (the README points there). The
+    # two channels are described by hand in its channels table.
     webhook_url = Setting(
         Text(), env="GATEWAY_ALERT_WEBHOOK_URL", django="GATEWAY_ALERT_WEBHOOK_URL", default="",
         doc="`runalerts` POSTs each notice here (Alertmanager's webhook shape)",
@@ -27,37 +28,40 @@ class AlertSettings(SettingsGroup):
     )
     interval_s = Setting(
         Integer(minimum=1), env="GATEWAY_ALERT_INTERVAL", django="GATEWAY_ALERT_INTERVAL_S",
-        default=30, unit="s", doc="between rounds of `runalerts`",
+        default=30, unit="s", docs=ALERTS,
+        doc="between rounds of `runalerts`",
     )
     window_s = Setting(
         Integer(minimum=1), env="GATEWAY_ALERT_WINDOW", django="GATEWAY_ALERT_WINDOW_S",
-        default=300, unit="s", doc="looked back for failed pushes and latency",
+        default=300, unit="s", docs=ALERTS,
+        doc="looked back for failed pushes and latency",
     )
     backlog_age_s = Setting(
         Integer(minimum=1), env="GATEWAY_ALERT_BACKLOG_AGE", django="GATEWAY_ALERT_BACKLOG_AGE_S",
-        default=60, unit="s", doc="an accepted push older than this counts as backlog",
+        default=60, unit="s", docs=ALERTS,
+        doc="an accepted push older than this counts as backlog",
     )
     backlog_min = Setting(
         Integer(minimum=1), env="GATEWAY_ALERT_BACKLOG_MIN", django="GATEWAY_ALERT_BACKLOG_MIN",
-        default=1, doc="backlog pushes that fire",
+        default=1, docs=ALERTS, doc="backlog pushes that fire",
     )
     failed_min = Setting(
         Integer(minimum=1), env="GATEWAY_ALERT_FAILED_MIN", django="GATEWAY_ALERT_FAILED_MIN",
-        default=1, doc="failed pushes in the window that fire",
+        default=1, docs=ALERTS, doc="failed pushes in the window that fire",
     )
     undelivered_age_s = Setting(
         Integer(minimum=1), env="GATEWAY_ALERT_UNDELIVERED_AGE",
-        django="GATEWAY_ALERT_UNDELIVERED_AGE_S", default=30, unit="s",
+        django="GATEWAY_ALERT_UNDELIVERED_AGE_S", default=30, unit="s", docs=ALERTS,
         doc="after which an undelivered push to a connected user counts",
     )
     latency_p99_ms = Setting(
         Integer(minimum=1), env="GATEWAY_ALERT_LATENCY_P99_MS",
-        django="GATEWAY_ALERT_LATENCY_P99_MS", default=5000, unit="ms",
+        django="GATEWAY_ALERT_LATENCY_P99_MS", default=5000, unit="ms", docs=ALERTS,
         doc="push latency threshold (p99)",
     )
     connections_percent = Setting(
         Integer(minimum=1), env="GATEWAY_ALERT_CONNECTIONS_PERCENT",
-        django="GATEWAY_ALERT_CONNECTIONS_PERCENT", default=90, unit="%",
+        django="GATEWAY_ALERT_CONNECTIONS_PERCENT", default=90, unit="%", docs=ALERTS,
         doc="of the connections ceiling",
     )
 

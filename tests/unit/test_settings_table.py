@@ -12,7 +12,14 @@ from django.test import override_settings
 
 from gateway_core.conf import GatewaySettings, gateway_settings
 from gateway_core.settings_table import Integer, Setting, SettingsGroup, Table, Text
-from gatewaysite.settings_table import README, README_SECTIONS, TABLE, synced_readme
+from gatewaysite.settings_table import (
+    DOCUMENTS,
+    README,
+    README_SECTIONS,
+    TABLE,
+    synced,
+    synced_readme,
+)
 from monitoring.conf import AlertSettings, alert_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,6 +152,12 @@ def test_readme_rows_are_the_generated_ones() -> None:
         rows = TABLE.rows(section)
         assert rows
         assert "\n".join(rows) in text
+
+
+def test_every_document_with_generated_rows_is_in_sync() -> None:
+    for path in DOCUMENTS:
+        # Regenerate with: python -m gatewaysite.settings_table --write
+        assert synced(path) == path.read_text(), path.name
 
 
 def test_sync_replaces_stale_rows_and_keeps_the_others() -> None:
