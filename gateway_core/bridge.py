@@ -20,6 +20,8 @@ What it guarantees:
   pushes past ``push_app.services.MAX_RELAY_BACKLOG``.
 - ``user_presence(user_id)`` is the user's live connections across the cluster: this
   node's from memory, other live nodes' from the database.
+- ``rate_limits()`` is the node's request budgets (``gateway_core.ratelimit.RateLimits``),
+  which the DRF throttle and authentication spend from.
 
 The node installs its handles when it becomes this process's node
 (``gateway_node.node.set_node``/``get_node``: ``rungateway``, the ASGI application, a test's
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway_core.messages import Message
+from gateway_core.ratelimit import RateLimits
 
 Submit = Callable[[Message], None]
 
@@ -46,16 +49,18 @@ class _Handles:
     submit: Submit
     backlog: Callable[[], int]
     user_presence: Callable[[str], dict[str, Any]]
+    rate_limits: RateLimits
 
 
 _handles: _Handles | None = None
 
 
 def install(*, submit: Submit, backlog: Callable[[], int],
-            user_presence: Callable[[str], dict[str, Any]]) -> None:
+            user_presence: Callable[[str], dict[str, Any]], rate_limits: RateLimits) -> None:
     """Called by the node that becomes this process's node; replaces any earlier one."""
     global _handles
-    _handles = _Handles(submit=submit, backlog=backlog, user_presence=user_presence)
+    _handles = _Handles(submit=submit, backlog=backlog, user_presence=user_presence,
+                        rate_limits=rate_limits)
 
 
 def uninstall() -> None:
@@ -90,3 +95,8 @@ def backlog() -> int:
 def user_presence(user_id: str) -> dict[str, Any]:
     """The user's live connections on every node (the REST API's presence answer)."""
     return _installed().user_presence(user_id)
+
+
+def rate_limits() -> RateLimits:
+    """The installed node's request budgets (the DRF throttle and authentication)."""
+    return _installed().rate_limits

@@ -30,6 +30,7 @@ from gateway_core import bridge, metrics
 from gateway_core.brokers import BaseBroker, create_broker
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import Message
+from gateway_core.ratelimit import RateLimits
 from gateway_node.supervisor import LoopFactory, Supervised
 from push_app.ledger import DeliveryLedger
 from push_app.relay import Relay
@@ -79,6 +80,8 @@ class Node:
                 dead_node_ids, timeout_s=gateway_settings.node_timeout_s, exclude=self.node_id
             ),
         )
+        #: The API's request budgets: the hot path's and (through the bridge) DRF's.
+        self.rate_limits = RateLimits()
         self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
         # The API's pushes, stored by group commit on the database thread, then relayed.
         self.writer = PushWriter(db=self.db, submit=self.relay.submit, node_id=self.node_id)
@@ -98,7 +101,7 @@ class Node:
     def install_bridge(self) -> None:
         """Make this node the one sync code reaches through ``gateway_core.bridge``."""
         bridge.install(submit=self.submit_threadsafe, backlog=lambda: self.relay.backlog,
-                       user_presence=self.user_presence)
+                       user_presence=self.user_presence, rate_limits=self.rate_limits)
 
     def submit_threadsafe(self, message: Message) -> None:
         """Hand a message to the relay from another thread (looked up per call: tests

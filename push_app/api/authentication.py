@@ -18,6 +18,8 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from gateway_core import bridge
+from gateway_core.ratelimit import TokenBuckets
 from push_app.api.throttling import AuthFailureThrottle
 from push_app.models import ApiClient
 from push_app.services import api_client_for_key, api_client_touch
@@ -29,7 +31,7 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate(self, request: Request) -> tuple[ApiClient, ApiClient] | None:
         address = str(request.META.get("REMOTE_ADDR") or "")
-        with refusals_counted(address):
+        with refusals_counted(address, bridge.rate_limits().auth_failures):
             key = key_from_header(get_authorization_header(request))
             if key is None:
                 return None
@@ -63,16 +65,18 @@ def key_from_header(header: bytes) -> str | None:
 
 
 @contextlib.contextmanager
-def refusals_counted(address: str) -> Iterator[None]:
+def refusals_counted(address: str, failures: TokenBuckets[str]) -> Iterator[None]:
     """Around the steps that may refuse a key: 429 at once if ``address`` has spent its
-    budget of failed authentications, and each 401 inside spends one attempt of it."""
-    wait_s = AuthFailureThrottle.wait(address)
+    budget of failed authentications (in the node's ``failures`` buckets), and each 401
+    inside spends one attempt of it."""
+    throttle = AuthFailureThrottle(failures)
+    wait_s = throttle.wait(address)
     if wait_s is not None:
-        raise AuthFailureThrottle.throttled(wait_s)
+        raise throttle.throttled(wait_s)
     try:
         yield
     except exceptions.AuthenticationFailed:
-        AuthFailureThrottle.failed(address)
+        throttle.failed(address)
         raise
 
 

@@ -34,6 +34,7 @@ from gateway_core import metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import Message
 from gateway_core.middleware import bad_hosts
+from gateway_core.ratelimit import RateLimits
 from push_app import services, validation
 from push_app.api.authentication import (
     ApiKeyCache,
@@ -46,7 +47,7 @@ from push_app.api.authentication import (
 )
 from push_app.api.errors import database_unavailable, error_body, error_parts
 from push_app.api.parsers import body_too_large, check_declared_length, parse_json
-from push_app.api.throttling import ApiClientRateThrottle
+from push_app.api.throttling import rate_limited, take_request
 from push_app.errors import PushUnavailable
 from push_app.models import ApiClient
 from push_app.relay import Relay
@@ -92,6 +93,7 @@ class PushNode(Protocol):
     node_id: str
     relay: Relay
     writer: PushWriter
+    rate_limits: RateLimits
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the node's database thread."""
@@ -153,9 +155,9 @@ class PushRoutes:
         peer = scope.get("client")
         client = await self.authenticate(node, headers.get(b"authorization", b""),
                                          str(peer[0]) if peer else "")
-        wait_s = ApiClientRateThrottle.take(client.pk)
+        wait_s = take_request(node.rate_limits.api_clients, client.pk)
         if wait_s is not None:
-            raise ApiClientRateThrottle.throttled(wait_s)
+            raise rate_limited(wait_s)
         data = await read_json(receive, headers)
         try:
             if batch:
@@ -193,7 +195,7 @@ class PushRoutes:
         try:
             key = key_from_header(header)
         except AuthenticationFailed:
-            with refusals_counted(address):
+            with refusals_counted(address, node.rate_limits.auth_failures):
                 raise
         if key is None:
             raise not_authenticated()
@@ -201,7 +203,7 @@ class PushRoutes:
         client = self.keys.get(key_hash)
         if client is not None:
             return client
-        with refusals_counted(address):
+        with refusals_counted(address, node.rate_limits.auth_failures):
             if not services.api_key_plausible(key) or self.keys.is_unknown(key_hash):
                 raise unknown_key()
             row = await node.db(_look_up_key, key)

@@ -1,5 +1,7 @@
-"""Request budgets, in this process: token buckets, one per API client and one per client
-address for failed authentications.
+"""Request budgets, in this node: token buckets, one per API client and one per client
+address for failed authentications. The buckets belong to the node
+(``gateway_core.ratelimit.RateLimits``): the hot path holds the node, the DRF throttle and
+authentication reach it through ``gateway_core.bridge.rate_limits()``.
 
 DRF's stock throttles keep their history in the cache, a read and a write per request;
 these buckets cost a dict lookup. The bounds are per process; a client over one gets 429
@@ -15,29 +17,26 @@ with ``Retry-After``:
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from gateway_core import bridge
 from gateway_core.conf import gateway_settings
+from gateway_core.ratelimit import TokenBuckets
 from push_app.models import ApiClient
 
 
 class ApiClientRateThrottle(BaseThrottle):
-    timer: Callable[[], float] = staticmethod(time.monotonic)
-    _buckets: dict[int, tuple[float, float]] = {}
-    _lock = threading.Lock()
+    """DRF's throttle over the installed node's per-client buckets."""
 
     def allow_request(self, request: Request, view: Any) -> bool:
         client = request.auth
-        if not isinstance(client, ApiClient):
+        if not isinstance(client, ApiClient) or gateway_settings.api_rate_per_second <= 0:
             return True
-        wait_s = self.take(client.pk)
+        wait_s = take_request(bridge.rate_limits().api_clients, client.pk)
         if wait_s is None:
             return True
         self._wait_s = wait_s
@@ -46,27 +45,19 @@ class ApiClientRateThrottle(BaseThrottle):
     def wait(self) -> float | None:
         return max(1.0, getattr(self, "_wait_s", 1.0))
 
-    @classmethod
-    def take(cls, client_pk: int) -> float | None:
-        """Spend one request of ``client_pk``'s bucket: None if allowed, else the seconds
-        until the next one would be (the API's paths served without DRF call this too)."""
-        rate = gateway_settings.api_rate_per_second
-        if rate <= 0:
-            return None
-        now = cls.timer()
-        with cls._lock:
-            tokens, then = cls._buckets.get(client_pk, (float(rate), now))
-            tokens = min(float(rate), tokens + (now - then) * rate)
-            if tokens < 1.0:
-                cls._buckets[client_pk] = (tokens, now)
-                return (1.0 - tokens) / rate
-            cls._buckets[client_pk] = (tokens - 1.0, now)
-        return None
 
-    @classmethod
-    def throttled(cls, wait_s: float) -> Throttled:
-        """The 429 that DRF raises for a refused request (with ``Retry-After``)."""
-        return Throttled(max(1.0, wait_s))
+def take_request(buckets: TokenBuckets[int], client_pk: int) -> float | None:
+    """Spend one request of ``client_pk``'s bucket: None if allowed, else the seconds until
+    the next one would be (the API's paths served without DRF call this too)."""
+    rate = gateway_settings.api_rate_per_second
+    if rate <= 0:
+        return None
+    return buckets.take(client_pk, capacity=float(rate), per_s=float(rate))
+
+
+def rate_limited(wait_s: float) -> Throttled:
+    """The 429 that DRF raises for a refused request (with ``Retry-After``)."""
+    return Throttled(max(1.0, wait_s))
 
 
 class AuthFailureThrottle:
@@ -75,43 +66,24 @@ class AuthFailureThrottle:
     up; a success costs nothing. Addresses as the server sees them: behind a proxy, its
     address (forwarded headers are not trusted, since anyone can set them)."""
 
-    timer: Callable[[], float] = staticmethod(time.monotonic)
-    max_addresses = 100_000
-    _buckets: dict[str, tuple[float, float]] = {}
-    _lock = threading.Lock()
+    def __init__(self, buckets: TokenBuckets[str]) -> None:
+        self.buckets = buckets
 
-    @classmethod
-    def wait(cls, address: str) -> float | None:
+    def wait(self, address: str) -> float | None:
         """Seconds until ``address`` may try a key again, or None if it may now."""
         budget = gateway_settings.api_auth_failures_per_minute
         if budget <= 0:
             return None
-        with cls._lock:
-            entry = cls._buckets.get(address)
-        if entry is None:
-            return None
-        tokens = cls._refilled(entry, budget)
-        return None if tokens >= 1.0 else (1.0 - tokens) * 60.0 / budget
+        return self.buckets.wait(address, capacity=float(budget), per_s=budget / 60.0)
 
-    @classmethod
-    def failed(cls, address: str) -> None:
+    def failed(self, address: str) -> None:
         """Spend one attempt of ``address``'s budget."""
         budget = gateway_settings.api_auth_failures_per_minute
         if budget <= 0:
             return
-        with cls._lock:
-            entry = cls._buckets.get(address)
-            tokens = float(budget) if entry is None else cls._refilled(entry, budget)
-            if entry is None and len(cls._buckets) >= cls.max_addresses:
-                cls._buckets.clear()  # bounded: addresses are the clients' to choose
-            cls._buckets[address] = (max(0.0, tokens - 1.0), cls.timer())
+        self.buckets.spend(address, capacity=float(budget), per_s=budget / 60.0)
 
-    @classmethod
-    def _refilled(cls, entry: tuple[float, float], budget: int) -> float:
-        tokens, then = entry
-        return min(float(budget), tokens + (cls.timer() - then) * budget / 60.0)
-
-    @classmethod
-    def throttled(cls, wait_s: float) -> Throttled:
+    @staticmethod
+    def throttled(wait_s: float) -> Throttled:
         return Throttled(max(1.0, wait_s), detail="Too many failed authentications from "
                          f"this address; retry in {max(1, int(wait_s + 0.999))} s.")

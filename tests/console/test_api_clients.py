@@ -9,7 +9,6 @@ import pytest
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from push_app.api.throttling import ApiClientRateThrottle
 from push_app.models import ApiClient
 from push_app.services import api_client_create
 from tests.console.conftest import make_push
@@ -17,13 +16,6 @@ from tests.console.conftest import make_push
 pytestmark = pytest.mark.django_db
 
 KEY = re.compile(r'value="(gw_[0-9a-f]{8}_[A-Za-z0-9_-]+)"')
-
-
-@pytest.fixture(autouse=True)
-def fresh_buckets():
-    ApiClientRateThrottle._buckets.clear()
-    yield
-    ApiClientRateThrottle._buckets.clear()
 
 
 def push_with(key: str) -> int:

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from gateway_core import jsonsafe
 from gateway_core.brokers.local import LocalBroker
+from gateway_core.ratelimit import TokenBuckets
 from gateway_node.node import Node, set_node
 from push_app import services, validation
 from push_app.api.hotpath import PushRoutes
-from push_app.api.throttling import ApiClientRateThrottle
 from push_app.validation import RequestInvalid
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -225,7 +225,7 @@ async def _post(app: PushRoutes, path: str, raw: bytes, key: str) -> tuple[int, 
 async def test_the_hot_path_answers_2xx_or_4xx_json_whatever_the_body(node, raw, batch):
     if not hasattr(node, "fuzz_key"):
         _, node.fuzz_key = await sync_to_async(services.api_client_create)(name="fuzz")
-    ApiClientRateThrottle._buckets.clear()
+    node.rate_limits.api_clients = TokenBuckets()  # each example its own budget
 
     async def inner(scope, receive, send) -> None:  # Django's place: not reached here
         raise AssertionError(scope["path"])

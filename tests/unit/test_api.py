@@ -15,7 +15,6 @@ from gateway_core.messages import ControlMessage, PushMessage
 from gateway_core.tokens import decode_token
 from gateway_node.node import Node
 from push_app import services, validation
-from push_app.api.throttling import ApiClientRateThrottle, AuthFailureThrottle
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.services import api_client_create
 from push_app.validation import RequestInvalid
@@ -24,15 +23,6 @@ from sessions_app.models import SessionRecord
 from tests.unit.conftest import make_session
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("node")]
-
-
-@pytest.fixture(autouse=True)
-def fresh_buckets():
-    ApiClientRateThrottle._buckets.clear()
-    AuthFailureThrottle._buckets.clear()
-    yield
-    ApiClientRateThrottle._buckets.clear()
-    AuthFailureThrottle._buckets.clear()
 
 
 @pytest.fixture
@@ -198,8 +188,8 @@ def test_use_is_recorded_on_the_client():
     assert row.last_used_at is not None
 
 
-def test_rate_limit_is_429_with_retry_after(monkeypatch):
-    monkeypatch.setattr(ApiClientRateThrottle, "timer", staticmethod(lambda: 100.0))
+def test_rate_limit_is_429_with_retry_after(node: Node, monkeypatch):
+    monkeypatch.setattr(node.rate_limits.api_clients, "timer", lambda: 100.0)
     api, _ = client_for("eager")
     with override_settings(GATEWAY_API_RATE_PER_SECOND=2):
         assert post(api, "/api/v1/push", {"users": ["u"], "data": 1}).status_code == 202
@@ -546,9 +536,9 @@ def test_disconnect_bad_input_is_400(api, submitted, raw):
 
 # --- failed authentication (issue #10) ------------------------------------------------------
 
-def test_failed_authentication_is_throttled_per_address(monkeypatch):
+def test_failed_authentication_is_throttled_per_address(node: Node, monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(AuthFailureThrottle, "timer", lambda: now[0])
+    monkeypatch.setattr(node.rate_limits.auth_failures, "timer", lambda: now[0])
     body = {"user": "u1"}
 
     def token(key: str, address: str):

@@ -40,3 +40,12 @@ def test_presence_comes_from_the_installed_node(node: Node):
 def test_forgetting_the_node_uninstalls_the_bridge(node: Node):
     set_node(None)
     assert not bridge.installed()
+
+
+def test_the_rate_limits_are_the_installed_nodes(node: Node):
+    assert bridge.rate_limits() is node.rate_limits
+    fresh = Node(role="all", broker=node.broker)
+    try:
+        assert fresh.rate_limits is not node.rate_limits
+    finally:
+        fresh._db_executor.shutdown(wait=False)

@@ -26,21 +26,11 @@ from gateway_core.middleware import bad_hosts
 from gateway_node.node import Node
 from push_app import services
 from push_app.api.hotpath import PushRoutes
-from push_app.api.throttling import ApiClientRateThrottle, AuthFailureThrottle
 from push_app.models import ApiClient, PushLog
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HOST = "127.0.0.1:8000"
-
-
-@pytest.fixture(autouse=True)
-def fresh_buckets():
-    ApiClientRateThrottle._buckets.clear()
-    AuthFailureThrottle._buckets.clear()
-    yield
-    ApiClientRateThrottle._buckets.clear()
-    AuthFailureThrottle._buckets.clear()
 
 
 class Inner:
@@ -252,8 +242,8 @@ async def test_use_is_recorded_on_the_client(app):
     assert row.last_used_at is not None
 
 
-async def test_rate_limit_is_429_with_retry_after(app, monkeypatch):
-    monkeypatch.setattr(ApiClientRateThrottle, "timer", staticmethod(lambda: 100.0))
+async def test_rate_limit_is_429_with_retry_after(app, node, monkeypatch):
+    monkeypatch.setattr(node.rate_limits.api_clients, "timer", lambda: 100.0)
     _, key = await new_key()
     with override_settings(GATEWAY_API_RATE_PER_SECOND=2):
         for n in range(2):
@@ -516,9 +506,9 @@ class Clock:
 WELL_FORMED_UNKNOWN = "gw_0123abcd_" + "A" * 43
 
 
-async def test_failed_authentication_is_throttled_per_address(app, monkeypatch):
+async def test_failed_authentication_is_throttled_per_address(app, node, monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(AuthFailureThrottle, "timer", clock)
+    monkeypatch.setattr(node.rate_limits.auth_failures, "timer", clock)
     _, good = await new_key()
     assert (await call(app, "/api/v1/push", GOOD, key=good)).status == 202  # now cached
     with override_settings(GATEWAY_API_AUTH_FAILURES_PER_MINUTE=3):
