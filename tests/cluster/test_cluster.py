@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster import flows
-from tests.cluster.conftest import BROKERS, NODE_TIMEOUT_S, Cluster, stream_key
 from tests.support.clients import Api, eventually, recv_push, uid, wait_closed
+from tests.support.cluster import BROKERS, NODE_TIMEOUT_S, Cluster, stream_key
 from tests.support.gateway import GatewayProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.cluster import flows
-from tests.cluster.conftest import Cluster, rocketmq_running, rocketmq_script
 from tests.support.clients import Api, eventually, recv_push, uid
+from tests.support.cluster import Cluster, rocketmq_running, rocketmq_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.rocketmq]
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster import flows
-from tests.cluster.conftest import BROKERS, Cluster
 from tests.support.clients import Api, recv_json, uid
+from tests.support.cluster import BROKERS, Cluster
 from tests.support.gateway import GatewayProcess
 from tests.support.services import redis_url
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from tests.cluster import conftest, flows
-from tests.cluster.conftest import READY_S, cluster_env, fresh_database, short_id
+from tests.cluster import flows
+from tests.support import cluster as cluster_support
 from tests.support.clients import (
     Api,
     eventually,
@@ -34,6 +34,7 @@ from tests.support.clients import (
     wait_closed,
     ws_connect,
 )
+from tests.support.cluster import READY_S, cluster_env, fresh_database, short_id
 from tests.support.gateway import GatewayProcess, base_env, manage, start_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
@@ -87,7 +88,7 @@ def supervisor(request: pytest.FixtureRequest,
         gw = start_gateway(tmp_path_factory.mktemp("workers"), node_id=f"wk-{run_id}", env=env,
                            args=["--workers", str(WORKERS), "--server", request.param],
                            wait=False)
-        conftest._LIVE.append(gw)
+        cluster_support.LIVE.append(gw)
         try:
             deadline = time.monotonic() + READY_S
             while READY_LINE not in gw.log():
@@ -97,7 +98,7 @@ def supervisor(request: pytest.FixtureRequest,
             yield gw
         finally:
             gw.stop()
-            conftest._LIVE.remove(gw)
+            cluster_support.LIVE.remove(gw)
             with contextlib.suppress(Exception):
                 _cleanup_redis(env["REDIS_URL"], gw)
 

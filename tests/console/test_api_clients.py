@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from push_app.models import ApiClient
 from push_app.services import api_client_create
-from tests.console.conftest import make_push
+from tests.support.console import make_push
 
 pytestmark = pytest.mark.django_db
 

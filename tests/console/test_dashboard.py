@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from push_app.models import PushStatus
-from tests.console.conftest import make_node, make_push, make_session
+from tests.support.console import make_node, make_push, make_session
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from push_app.models import ApiClient, PushLog
 from push_app.services import api_client_create
-from tests.console.conftest import make_node, make_push, make_session
+from tests.support.console import make_node, make_push, make_session
 
 pytestmark = pytest.mark.django_db
 
@@ -80,7 +80,7 @@ def test_operator_with_custom_permissions_only(client, django_user_model, node, 
     """The console's custom permissions are enough for its actions, without superuser."""
     from django.contrib.auth.models import Permission
 
-    from tests.console.conftest import VIEW_PERMS
+    from tests.support.console import VIEW_PERMS
 
     user = django_user_model.objects.create_user("op", password="pw", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from push_app.models import PushDelivery, PushLog, PushStatus
 from sessions_app.models import Node, SessionRecord
-from tests.console.conftest import make_node, make_push, make_session
+from tests.support.console import make_node, make_push, make_session
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from console.admin_push import PAYLOAD_PREVIEW_CHARS
 from gateway_core.messages import PushMessage
 from push_app.models import PushLog, PushStatus
-from tests.console.conftest import make_node, make_push, make_session
+from tests.support.console import make_node, make_push, make_session
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
 from gateway_core.messages import ControlMessage
-from tests.console.conftest import make_node, make_session
+from tests.support.console import make_node, make_session
 
 pytestmark = pytest.mark.django_db
 

@@ -1,78 +1,29 @@
 """Fixtures of the end-to-end suite: real ``rungateway`` processes, always stopped.
 
-``gateway`` is one node with the default settings, shared by a module; ``start_node``
-starts dedicated short-lived nodes with special settings for one test, under Daphne or,
-with ``server="uvicorn"``, under uvicorn (``rungateway --server``). A failing test's
-report carries the tail of every live node's log.
+``gateway`` is one node with the default settings, shared by a module;
+``start_module_node`` starts nodes with special settings shared by a module. ``start_node``
+(dedicated nodes for one test) and the log tails in a failing test's report come from
+``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.clients import Api
-from tests.support.gateway import GatewayProcess, start_gateway
-
-_LIVE: list[GatewayProcess] = []
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
-    report = yield
-    if report.failed and call.when == "call":
-        for gw in _LIVE:
-            report.sections.append((f"gateway {gw.node_id} log (tail)", gw.log()[-4000:]))
-    return report
-
-
-#: ``rungateway --server`` choices, for tests that must hold under each server.
-SERVERS = ("daphne", "uvicorn")
-
-
-def _start(workdir: Path, node_id: str, env: dict[str, str] | None = None,
-           server: str = "daphne") -> GatewayProcess:
-    gw = start_gateway(workdir, node_id=node_id, env=env, args=("--server", server))
-    _LIVE.append(gw)
-    return gw
-
-
-def _stop(gw: GatewayProcess) -> None:
-    try:
-        gw.stop()
-    finally:
-        if gw in _LIVE:
-            _LIVE.remove(gw)
+from tests.support.gateway import GatewayProcess, start_live, stop_live
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """One node with the default settings for the whole module."""
-    gw = _start(tmp_path_factory.mktemp("gateway"), "e2e-main")
+    gw = start_live(tmp_path_factory.mktemp("gateway"), "e2e-main")
     try:
         yield gw
     finally:
-        _stop(gw)
-
-
-@pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    """``start_node(node_id, server="daphne", **env)``: a dedicated node, stopped after the
-    test."""
-    started: list[GatewayProcess] = []
-
-    def start(node_id: str, server: str = "daphne", **env: str) -> GatewayProcess:
-        gw = _start(tmp_path, node_id, env, server)
-        started.append(gw)
-        return gw
-
-    try:
-        yield start
-    finally:
-        for gw in started:
-            _stop(gw)
+        stop_live(gw)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +34,7 @@ def start_module_node(
     started: list[GatewayProcess] = []
 
     def start(node_id: str, **env: str) -> GatewayProcess:
-        gw = _start(tmp_path_factory.mktemp(node_id), node_id, env)
+        gw = start_live(tmp_path_factory.mktemp(node_id), node_id, env)
         started.append(gw)
         return gw
 
@@ -91,7 +42,7 @@ def start_module_node(
         yield start
     finally:
         for gw in started:
-            _stop(gw)
+            stop_live(gw)
 
 
 @pytest.fixture(scope="module")

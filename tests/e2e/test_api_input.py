@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.e2e.conftest import SERVERS
+from tests.support.gateway import SERVERS
 
 pytestmark = pytest.mark.e2e
 

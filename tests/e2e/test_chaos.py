@@ -18,7 +18,6 @@ from collections.abc import Callable
 import pytest
 import websockets
 
-from tests.e2e.conftest import SERVERS
 from tests.support.clients import (
     Api,
     eventually,
@@ -32,7 +31,7 @@ from tests.support.clients import (
     uid,
     ws_connect,
 )
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import SERVERS, GatewayProcess
 
 NodeStarter = Callable[..., GatewayProcess]
 each_server = pytest.mark.parametrize("server", SERVERS)

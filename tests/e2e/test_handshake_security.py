@@ -12,9 +12,8 @@ from collections.abc import Callable
 import pytest
 import websockets
 
-from tests.e2e.conftest import SERVERS
 from tests.support.clients import make_token, recv_json, uid, ws_connect
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import SERVERS, GatewayProcess
 
 pytestmark = pytest.mark.e2e
 

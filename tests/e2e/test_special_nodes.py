@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import SERVERS
 from tests.support.clients import (
     Api,
     assert_error,
@@ -31,7 +30,7 @@ from tests.support.clients import (
     wait_closed,
     ws_connect,
 )
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import SERVERS, GatewayProcess
 
 pytestmark = pytest.mark.e2e
 each_server = pytest.mark.parametrize("server", SERVERS)

@@ -21,9 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway_core import jsonsafe
-from gateway_core.brokers.local import LocalBroker
 from gateway_core.ratelimit import TokenBuckets
-from gateway_node.node import Node, set_node
 from push_app import services, validation
 from push_app.api.hotpath import PushRoutes
 from push_app.validation import RequestInvalid
@@ -181,18 +179,6 @@ raw_bodies = st.one_of(
                      b'{"users": ["u1"], "data": "\\ud800"}', b'{"\\udc00": 1}', b"[" * 9]),
     st.binary(max_size=64),
 )
-
-
-@pytest.fixture
-def node() -> Iterator[Node]:
-    installed = Node(role="all", broker=LocalBroker(node_id="fuzz-node"))
-    installed.autostart = False
-    set_node(installed)
-    try:
-        yield installed
-    finally:
-        set_node(None)
-        installed._db_executor.shutdown(wait=False)
 
 
 async def _post(app: PushRoutes, path: str, raw: bytes, key: str) -> tuple[int, bytes]:

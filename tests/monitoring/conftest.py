@@ -1,4 +1,5 @@
-"""Fixtures of the monitoring tests; the e2e ones reuse the e2e suite's node fixtures."""
+"""Fixtures of the monitoring tests; the e2e ones start nodes with ``start_node``
+(``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import pytest_runtest_makereport, start_node  # noqa: F401
 from tests.monitoring.support import ThrowawayRedis, WebhookSink
 
 

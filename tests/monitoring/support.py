@@ -114,19 +114,3 @@ class ThrowawayRedis:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
-
-
-def run_manage(env: dict[str, str], *args: str, timeout: float = 60) -> str:
-    """``manage.py ARGS`` with ``env``; its stdout (fails the test on a non-zero exit)."""
-    import sys
-
-    from tests.support.gateway import REPO
-
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=timeout, check=False,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"manage.py {' '.join(args)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result.stdout

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.monitoring.support import ThrowawayRedis, WebhookSink, run_manage
+from tests.monitoring.support import ThrowawayRedis, WebhookSink
 from tests.support.clients import Api, eventually, metric, metrics_text, uid
-from tests.support.gateway import REPO, GatewayProcess
+from tests.support.gateway import REPO, GatewayProcess, manage
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def alerts_env(gw: GatewayProcess, sink: WebhookSink, **extra: str) -> dict[str,
 
 
 def runalerts_once(env: dict[str, str]) -> str:
-    return run_manage(env, "runalerts", "--once")
+    return manage(env, "runalerts", "--once")
 
 
 def test_a_killed_node_fires_once_then_resolves_when_it_is_back(
@@ -65,7 +65,7 @@ def test_a_killed_node_fires_once_then_resolves_when_it_is_back(
         runalerts_once(env)
     assert sink.notices() == [("firing", "GatewayNodeDown", "mon-down"),
                               ("resolved", "GatewayNodeDown", "mon-down")]
-    alert_row = run_manage(env, "shell", "-c", "from monitoring.models import Alert; "
+    alert_row = manage(env, "shell", "-c", "from monitoring.models import Alert; "
                            "a = Alert.objects.get(); print(a.rule, a.subject, a.firing)")
     assert alert_row.strip().splitlines()[-1] == "GatewayNodeDown mon-down False"
 

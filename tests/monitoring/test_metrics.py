@@ -23,7 +23,7 @@ from push_app.relay import Relay
 from sessions_app.delivery import ChannelLayerForwarder, ChannelLayerListener, Deliverer
 from sessions_app.registry import SessionManager
 from tests.support.gateway import REPO
-from tests.unit.conftest import FakeConnection, make_session
+from tests.support.sessions import FakeConnection, make_session
 
 _SAMPLE = re.compile(r"^(gateway_\w+?)(?:\{(.*)\})? ")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.monitoring.support import run_manage
 from tests.support.clients import (
     Api,
     eventually,
@@ -29,7 +28,7 @@ from tests.support.clients import (
     wait_closed,
     ws_connect,
 )
-from tests.support.gateway import GatewayProcess, base_env, start_split_node
+from tests.support.gateway import GatewayProcess, base_env, manage, start_split_node
 from tests.support.services import redis_url
 
 pytestmark = pytest.mark.e2e
@@ -143,7 +142,7 @@ async def test_a_node_of_two_processes_adds_up_in_one_scrape(tmp_path: Path) -> 
         "GATEWAY_ROCKETMQ_TOPIC": f"mon-{uuid.uuid4().hex[:8]}",  # the stream of this test
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
     }
-    run_manage(base_env(tmp_path / node, node, env), "migrate")
+    manage(base_env(tmp_path / node, node, env), "migrate")
     gw = start_split_node(tmp_path, node_id=node, env=env)
     try:
         await _exercise_split_node(gw, node)

@@ -22,6 +22,10 @@ JWT_SECRET = "e2e-jwt-secret-0123456789abcdef0123456789abcdef"
 DJANGO_SECRET = "e2e-django-secret-0123456789abcdef0123456789abcdef"
 
 
+#: ``rungateway --server`` choices, for tests that must hold under each server.
+SERVERS = ("daphne", "uvicorn")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -145,7 +149,8 @@ def manage(env: dict[str, str], *args: str, timeout: float = 60) -> str:
         text=True, timeout=timeout, check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
+        raise RuntimeError(f"manage.py {' '.join(args)} exited {result.returncode}:\n"
+                           f"{result.stdout}\n{result.stderr}")
     return result.stdout
 
 
@@ -231,3 +236,29 @@ def running_gateway(workdir: Path, **kwargs: object) -> Iterator[GatewayProcess]
         yield gw
     finally:
         gw.stop()
+
+
+# --- Live gateways: started for a test, their logs in its report if it fails ---------------
+
+_LIVE: list[GatewayProcess] = []
+
+
+def live_gateways() -> list[GatewayProcess]:
+    """The gateways ``start_live`` started and ``stop_live`` has not stopped yet."""
+    return list(_LIVE)
+
+
+def start_live(workdir: Path, node_id: str, env: dict[str, str] | None = None,
+               server: str = "daphne") -> GatewayProcess:
+    """A gateway under ``server``, listed as live until ``stop_live``."""
+    gw = start_gateway(workdir, node_id=node_id, env=env, args=("--server", server))
+    _LIVE.append(gw)
+    return gw
+
+
+def stop_live(gw: GatewayProcess) -> None:
+    try:
+        gw.stop()
+    finally:
+        if gw in _LIVE:
+            _LIVE.remove(gw)

@@ -20,7 +20,7 @@ from push_app.services import api_client_create
 from push_app.validation import RequestInvalid
 from sessions_app.models import Node as NodeRow
 from sessions_app.models import SessionRecord
-from tests.unit.conftest import make_session
+from tests.support.sessions import make_session
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("node")]
 

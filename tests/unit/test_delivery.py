@@ -21,7 +21,7 @@ from sessions_app.delivery import (
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder
 from sessions_app.registry import SessionManager
-from tests.unit.conftest import FakeConnection, make_session
+from tests.support.sessions import FakeConnection, make_session
 
 STARTED_MS = 1_800_000_000_000
 

@@ -9,7 +9,7 @@ from sessions_app.close_codes import CloseCode
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder
 from sessions_app.registry import SessionManager
-from tests.unit.conftest import make_session
+from tests.support.sessions import make_session
 
 
 def sample(name: str, **labels: str) -> float:

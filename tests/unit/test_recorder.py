@@ -7,7 +7,7 @@ import pytest
 from sessions_app.models import Node, SessionRecord
 from sessions_app.recorder import DEAD_NODE_CLOSE_CODE, SessionRecorder, dead_node_ids
 from sessions_app.registry import SessionManager
-from tests.unit.conftest import make_session
+from tests.support.sessions import make_session
 
 T0 = 1_800_000_000.0
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from sessions_app.registry import ACK_WINDOW, SessionManager
-from tests.unit.conftest import make_session
+from tests.support.sessions import make_session
 
 
 def test_register_and_unregister_are_idempotent():

@@ -17,7 +17,7 @@ from push_app.relay import TTL_FAILURE, Relay
 from push_app.services import push_message
 from sessions_app.models import Node
 from sessions_app.recorder import dead_node_ids
-from tests.unit.conftest import run_db
+from tests.support.db import run_db
 
 NOW = 1_800_000_000.0  # the relay's injected clock
 

@@ -18,7 +18,7 @@ from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.selectors import users_contain_q
 from push_app.validation import PushRequest, RequestInvalid, push_request
 from push_app.writer import ClientRef, ClientRevoked, PushWriter, store_group, store_keyed
-from tests.unit.conftest import run_db
+from tests.support.db import run_db
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

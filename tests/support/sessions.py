@@ -1,14 +1,8 @@
-"""In-process fixtures for the unit tests: fake connections, an installed node, API clients."""
+"""In-memory sessions for tests: a connection that records what the gateway wrote to it,
+and a ``ChannelSession`` around one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from asgiref.sync import sync_to_async
-
-from gateway_core.brokers.local import LocalBroker
-from gateway_node.node import Node, set_node
 from sessions_app.close_codes import CloseCode
 from sessions_app.registry import ChannelSession
 
@@ -51,21 +45,3 @@ def make_session(user_id: str, session_id: str, *, at: float = 1000.0,
         connected_at=at,
         last_seen=at,
     )
-
-
-async def run_db(fn, *args):
-    """The relay's ``db`` seam: run ``fn`` in a thread, as the node does."""
-    return await sync_to_async(fn, thread_sensitive=False)(*args)
-
-
-@pytest.fixture
-def node() -> Iterator[Node]:
-    """A fresh node installed as this process's node; no background loops start."""
-    installed = Node(role="all", broker=LocalBroker(node_id="test-node"))
-    installed.autostart = False
-    set_node(installed)
-    try:
-        yield installed
-    finally:
-        set_node(None)
-        installed._db_executor.shutdown(wait=False)

@@ -1,0 +1,57 @@
+"""Fixtures shared by every suite: this process's node (in-process tests) and dedicated
+gateway processes (end-to-end tests). Helpers live in ``tests/support``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway_core.brokers.local import LocalBroker
+from gateway_node.node import Node, set_node
+from tests.support.gateway import GatewayProcess, live_gateways, start_live, stop_live
+
+
+@pytest.fixture
+def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
+    """A fresh node installed as this process's node (fresh rate buckets, ledger, relay);
+    no background loops start. No event loop runs its relay either, so what sync code
+    submits through the bridge is queued on the spot: it lands in ``node.relay.pending``."""
+    installed = Node(role="all", broker=LocalBroker(node_id="test-node"))
+    installed.autostart = False
+    monkeypatch.setattr(installed.relay, "submit_threadsafe", installed.relay.submit)
+    set_node(installed)
+    try:
+        yield installed
+    finally:
+        set_node(None)
+        installed._db_executor.shutdown(wait=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """A failing test's report carries the tail of every live gateway's log."""
+    report = yield
+    if report.failed and call.when == "call":
+        for gw in live_gateways():
+            report.sections.append((f"gateway {gw.node_id} log (tail)", gw.log()[-4000:]))
+    return report
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """``start_node(node_id, server="daphne", **env)``: a dedicated gateway process, under
+    Daphne or uvicorn (``rungateway --server``), stopped after the test."""
+    started: list[GatewayProcess] = []
+
+    def start(node_id: str, server: str = "daphne", **env: str) -> GatewayProcess:
+        gw = start_live(tmp_path, node_id, env, server)
+        started.append(gw)
+        return gw
+
+    try:
+        yield start
+    finally:
+        for gw in started:
+            stop_live(gw)
