@@ -21,15 +21,14 @@ Daphne settings chosen against its traps:
   Twisted's 400.
 - Twisted's form decoding of POST bodies is off: Daphne hands the raw body to the
   application and never reads the decoded arguments, yet Twisted parsed every POST's
-  Content-Type through the ``email`` package first (a quarter of Daphne's CPU on the
-  push API).
+  Content-Type through the ``email`` package first, a large share of Daphne's CPU on the
+  push API.
 
 Under either server the garbage collector is tuned once the application is loaded
 (``settle_garbage_collector``), and the servers send no keepalive pings of their own: the
 contract's heartbeat already has every client send a frame each interval (which keeps
 proxies' and NATs' idle timers fresh) and closes a silent one with 4008, so protocol pings
-would only add a timer, a frame and its answer per connection every 20 s (with the other
-idle savings here, 19,000 idle connections under uvicorn went from 15 to 7 % of a core).
+would only add a timer, a frame and its answer per connection every 20 s.
 
 uvicorn (``--server uvicorn``, the faster option): websockets' sans-I/O protocol, uvloop,
 httptools, no per-message deflate (it costs CPU per frame for JSON this small), the same
@@ -43,6 +42,9 @@ WebSocket with 1012 before the application hears of it, so the drain (4012) runs
 a signal only asks for that shutdown: uvicorn would otherwise re-raise it when done and the
 process would not exit 0. Its ``send`` waits for a slow client: ``sessions_app.flow`` keeps
 that wait off the node's delivery loop.
+
+The figures behind these choices: docs/performance.md, "Why the server adapters are built
+this way".
 """
 
 from __future__ import annotations
@@ -236,11 +238,10 @@ def plain_autobahn_log_fields() -> None:
 
     ``WebSocketProtocol.sendData`` builds ``log.debug(..., func=hltype(...),
     peer=hlval(...), data_len=hlval(...))`` eagerly, logged or not; with ``click``
-    importable (uvicorn requires it) each field goes through ``click.style``: about 3 µs
-    per frame, a tenth of Daphne's delivery CPU. The fields stay as they are, uncoloured.
-    Likewise every new connection pretty-printed its thirty-odd options for a debug line
-    (``pformat``: an eighth of Daphne's CPU while clients connect); the options are now
-    formatted only if that line is ever written.
+    importable (uvicorn requires it) each field goes through ``click.style``, on every
+    frame. The fields stay as they are, uncoloured. Likewise every new connection
+    pretty-printed its thirty-odd options for a debug line (``pformat``); the options are
+    now formatted only if that line is ever written. (What each cost: docs/performance.md.)
     """
     from autobahn.websocket import protocol
 

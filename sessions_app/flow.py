@@ -39,7 +39,7 @@ nothing on the hot path.
 A frame that goes to many connections (a push) is encoded once (``frames.wire``) and, where
 the buffer answers ``WRITE``, written as those bytes straight to the connection's transport
 (``write_wire``) instead of going through the server's ``send``, which re-encodes it for
-each recipient (under uvicorn 16.4 → 11.8 µs of CPU per delivery). That is safe
+each recipient (docs/performance.md has the CPU it saves per delivery). That is safe
 only while the server's protocol would write the frame unchanged itself: the connection is
 open, not closing, and no extension (per-message deflate) rewrites frames; ``write_wire``
 checks that on every call and otherwise declines, and the frame goes through ``send``.
@@ -127,9 +127,9 @@ class TwistedSendBuffer:
         # Twisted's TCP transport writes nothing at once: every write is buffered, the
         # socket registered with the reactor for writing, written when the reactor gets
         # round to it, then unregistered (two epoll_ctl calls and a reactor pass per
-        # frame: 40 % of Daphne's CPU per delivery). While its buffer is empty,
-        # ``write_wire`` sends on the socket directly, as asyncio's transports do, and
-        # leaves only what the kernel did not take to Twisted.
+        # frame, a large share of Daphne's CPU per delivery: docs/performance.md). While
+        # its buffer is empty, ``write_wire`` sends on the socket directly, as asyncio's
+        # transports do, and leaves only what the kernel did not take to Twisted.
         self.sock = transport.socket if all(
             hasattr(transport, name)
             for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "TLS",
