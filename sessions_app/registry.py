@@ -60,9 +60,9 @@ class ChannelSession:
     frames_in_window: int = 0
     closing: bool = False
     # Pushes written to this connection and not yet acked, oldest first: only those may be
-    # acked, once each. A bounded deque, not a dict: a delivery appends in ~30 ns and the
-    # window costs ~2 KB per connection, where a dict evicting its oldest key cost ~300 ns
-    # and ~13 KB (measured; an ack's linear scan of the window costs a few microseconds).
+    # acked, once each. A bounded deque, not a dict: appending is what every delivery pays,
+    # and a deque appends faster and holds the window in less memory than a dict evicting
+    # its oldest key; an ack pays a linear scan of the window instead (docs/performance.md).
     # Created on the first push, since most idle connections never get one.
     unacked: deque[str] | None = None
 
