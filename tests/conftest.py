@@ -10,7 +10,7 @@ import pytest
 
 from gateway_core.brokers.local import LocalBroker
 from gateway_node.node import Node, set_node
-from tests.support.gateway import GatewayProcess, live_gateways, start_live, stop_live
+from tests.support.gateway import GatewayProcess, gateway_starter, live_gateways
 
 
 @pytest.fixture
@@ -43,15 +43,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 def start_node(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     """``start_node(node_id, server="daphne", **env)``: a dedicated gateway process, under
     Daphne or uvicorn (``rungateway --server``), stopped after the test."""
-    started: list[GatewayProcess] = []
-
-    def start(node_id: str, server: str = "daphne", **env: str) -> GatewayProcess:
-        gw = start_live(tmp_path, node_id, env, server)
-        started.append(gw)
-        return gw
-
-    try:
+    with gateway_starter(lambda node_id: tmp_path) as start:
         yield start
-    finally:
-        for gw in started:
-            stop_live(gw)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support.clients import Api
-from tests.support.gateway import GatewayProcess, start_live, stop_live
+from tests.support.gateway import GatewayProcess, gateway_starter, start_live, stop_live
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +31,8 @@ def start_module_node(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., GatewayProcess]]:
     """Like ``start_node``, for a node shared by the tests of one module."""
-    started: list[GatewayProcess] = []
-
-    def start(node_id: str, **env: str) -> GatewayProcess:
-        gw = start_live(tmp_path_factory.mktemp(node_id), node_id, env)
-        started.append(gw)
-        return gw
-
-    try:
+    with gateway_starter(tmp_path_factory.mktemp) as start:
         yield start
-    finally:
-        for gw in started:
-            stop_live(gw)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,3 +262,23 @@ def stop_live(gw: GatewayProcess) -> None:
     finally:
         if gw in _LIVE:
             _LIVE.remove(gw)
+
+
+@contextlib.contextmanager
+def gateway_starter(
+    workdir_for: Callable[[str], Path],
+) -> Iterator[Callable[..., GatewayProcess]]:
+    """``start(node_id, server="daphne", **env)``: gateways in ``workdir_for(node_id)``,
+    every one stopped when the block ends (the ``start_node`` fixtures)."""
+    started: list[GatewayProcess] = []
+
+    def start(node_id: str, server: str = "daphne", **env: str) -> GatewayProcess:
+        gw = start_live(workdir_for(node_id), node_id, env, server)
+        started.append(gw)
+        return gw
+
+    try:
+        yield start
+    finally:
+        for gw in started:
+            stop_live(gw)
