@@ -54,8 +54,9 @@ class NodeDown(BaseRule):
     severity = Severity.CRITICAL
 
     def evaluate(self, *, now: datetime, cfg: AlertSettings) -> list[Finding]:
-        deadline = now - timedelta(seconds=cfg.node_timeout_s)
+        deadline = alive_since(now=now, timeout_s=cfg.node_timeout_s)
         found = []
+        # Down: not stopped cleanly, and not alive (sessions_app.selectors.node_alive_q).
         for node in Node.objects.filter(stopped_at__isnull=True, last_seen__lt=deadline):
             silent_s = (now - node.last_seen).total_seconds()
             found.append(Finding(

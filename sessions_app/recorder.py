@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from sessions_app.models import Node, SessionRecord
 from sessions_app.registry import ChannelSession, SessionManager
+from sessions_app.selectors import alive_since
 
 #: Close code written for sessions of a node that died: the client saw the drop as 1006.
 DEAD_NODE_CLOSE_CODE = 1006
@@ -131,7 +132,7 @@ class SessionRecorder:
 
     def expire_dead_nodes(self, now: datetime) -> int:
         """Close the sessions of nodes whose last beat is older than the node timeout."""
-        deadline = now - timedelta(seconds=self.node_timeout_s)
+        deadline = alive_since(now=now, timeout_s=self.node_timeout_s)
         dead = Node.objects.filter(last_seen__lt=deadline).exclude(id=self.node_id)
         return SessionRecord.objects.filter(node__in=dead, closed_at__isnull=True).update(
             closed_at=now, close_code=DEAD_NODE_CLOSE_CODE
@@ -146,7 +147,7 @@ class SessionRecorder:
 
 
 def dead_node_ids(*, timeout_s: int, exclude: str) -> list[str]:
-    deadline = timezone.now() - timedelta(seconds=timeout_s)
+    deadline = alive_since(timeout_s=timeout_s)
     return list(
         Node.objects.filter(last_seen__lt=deadline).exclude(id=exclude).values_list("id", flat=True)
     )
