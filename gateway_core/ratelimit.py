@@ -1,6 +1,6 @@
 """Token buckets in memory, owned by the node that creates them.
 
-A node keeps its request budgets in a ``RateLimits`` it creates (``gateway_node.node.Node``)
+A node keeps its request budgets in a ``RateLimits`` it creates (``gateway_node.node.GatewayNode``)
 and hands to what enforces them: the hot path through the node itself, the DRF throttle and
 authentication through ``gateway_core.bridge.rate_limits()``. A fresh node has fresh
 buckets; nothing of them lives in a class or module.

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway_node.node import Node
+    from gateway_node.node import GatewayNode
 
-NodeProvider = Callable[[], "Node"]
+NodeProvider = Callable[[], "GatewayNode"]
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 logger = logging.getLogger("gateway.node")

@@ -51,7 +51,7 @@ Role = Literal["all", "web"]
 STOP_WAIT_S = 2.0
 
 
-class Node:
+class GatewayNode:
     #: How often the heartbeat sweep and delivery accounting run.
     tick_s = 1.0
 
@@ -244,22 +244,22 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
         logger.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
-_node: Node | None = None
+_node: GatewayNode | None = None
 _node_lock = threading.Lock()
 
 
-def get_node() -> Node:
+def get_node() -> GatewayNode:
     """This process's node, created on first use."""
     global _node
     if _node is None:
         with _node_lock:
             if _node is None:
-                _node = Node()
+                _node = GatewayNode()
                 _node.install_bridge()
     return _node
 
 
-def set_node(node: Node | None) -> None:
+def set_node(node: GatewayNode | None) -> None:
     """Install a node (``rungateway`` with its role, or a test's); None forgets it."""
     global _node
     _node = node

@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from gateway_core import metrics
 from gateway_node import metrics_access
-from gateway_node.node import Node, get_node
+from gateway_node.node import GatewayNode, get_node
 from sessions_app.delivery import LOCAL_CHANNEL_PREFIX
 
 #: Each dependency gets this long to answer /readyz.
@@ -46,7 +46,7 @@ async def _channel_layer() -> None:
     await layer.receive(channel)
 
 
-async def _consumer(node: Node) -> None:
+async def _consumer(node: GatewayNode) -> None:
     if not node.broker.consuming:
         raise RuntimeError("this node's broker consumer is not receiving yet")
 

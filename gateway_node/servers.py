@@ -61,7 +61,7 @@ from typing import Any
 
 from gateway_core.conf import gateway_settings
 from gateway_node.asgi import build_application
-from gateway_node.node import Node
+from gateway_node.node import GatewayNode
 
 logger = logging.getLogger("gateway.server")
 LISTEN_BACKLOG = 2048
@@ -76,7 +76,7 @@ class ServerError(RuntimeError):
     """The server could not start (the port is taken, the address is wrong)."""
 
 
-def run_daphne(*, host: str, port: int, node: Node,
+def run_daphne(*, host: str, port: int, node: GatewayNode,
                on_ready: Callable[[], None] | None = None,
                sock: socket.socket | None = None) -> None:
     """Serve until SIGTERM/SIGINT; on ``sock`` (already listening: a ``--workers``
@@ -171,7 +171,7 @@ def run_daphne(*, host: str, port: int, node: Node,
         raise ServerError(server.listen_failure)
 
 
-def run_uvicorn(*, host: str, port: int, node: Node,
+def run_uvicorn(*, host: str, port: int, node: GatewayNode,
                 on_ready: Callable[[], None] | None = None,
                 sock: socket.socket | None = None) -> None:
     """Serve under uvicorn until SIGTERM/SIGINT, then drain (see the module doc); on

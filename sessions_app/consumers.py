@@ -30,7 +30,7 @@ ABNORMAL_CLOSURE = 1006
 
 
 class SessionNode(Protocol):
-    """What a connection needs of the node it is handed (``gateway_node.node.Node``)."""
+    """What a connection needs of the node it is handed (``gateway_node.node.GatewayNode``)."""
 
     node_id: str
     hub: Hub

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 
 from gateway_core.brokers.local import LocalBroker
-from gateway_node.node import Node, set_node
+from gateway_node.node import GatewayNode, set_node
 from tests.support.gateway import GatewayProcess, gateway_starter, live_gateways
 
 
 @pytest.fixture
-def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
+def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[GatewayNode]:
     """A fresh node installed as this process's node (fresh rate buckets, ledger, relay);
     no background loops start. No event loop runs its relay either, so what sync code
     submits through the bridge is queued on the spot: it lands in ``node.relay.pending``."""
-    installed = Node(role="all", broker=LocalBroker(node_id="test-node"))
+    installed = GatewayNode(role="all", broker=LocalBroker(node_id="test-node"))
     installed.autostart = False
     monkeypatch.setattr(installed.relay, "submit_threadsafe", installed.relay.submit)
     set_node(installed)

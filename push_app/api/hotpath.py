@@ -88,7 +88,7 @@ class BadHost(APIException):
 
 
 class PushNode(Protocol):
-    """What the hot path needs of the node it is handed (``gateway_node.node.Node``)."""
+    """What the hot path needs of the node it is handed (``gateway_node.node.GatewayNode``)."""
 
     node_id: str
     relay: Relay

@@ -11,18 +11,18 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from gateway_node.node import Node
+from gateway_node.node import GatewayNode
 from tests.support.console import VIEW_PERMS
 
 
 @pytest.fixture
-def operator(admin_client: Client, node: Node) -> Client:
+def operator(admin_client: Client, node: GatewayNode) -> Client:
     """A superuser's browser."""
     return admin_client
 
 
 @pytest.fixture
-def viewer(db: Any, node: Node) -> Client:
+def viewer(db: Any, node: GatewayNode) -> Client:
     """A staff member with only the view permissions of the console's models."""
     user = User.objects.create_user("viewer", password="pw", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(codename__in=VIEW_PERMS))

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import ControlMessage, PushMessage
 from gateway_core.tokens import decode_token
-from gateway_node.node import Node
+from gateway_node.node import GatewayNode
 from push_app import services, validation
 from push_app.models import ApiClient, PushLog, PushStatus
 from push_app.services import api_client_create
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("node")]
 
 
 @pytest.fixture
-def submitted(node: Node, monkeypatch) -> list:
+def submitted(node: GatewayNode, monkeypatch) -> list:
     """What the views hand to the relay."""
     sent: list = []
     monkeypatch.setattr(node.relay, "submit_threadsafe", sent.append)
@@ -188,7 +188,7 @@ def test_use_is_recorded_on_the_client():
     assert row.last_used_at is not None
 
 
-def test_rate_limit_is_429_with_retry_after(node: Node, monkeypatch):
+def test_rate_limit_is_429_with_retry_after(node: GatewayNode, monkeypatch):
     monkeypatch.setattr(node.rate_limits.api_clients, "timer", lambda: 100.0)
     api, _ = client_for("eager")
     with override_settings(GATEWAY_API_RATE_PER_SECOND=2):
@@ -345,7 +345,7 @@ def _record(session_id: str, node_id: str, user: str = "u1", closed: bool = Fals
                                  closed_at=now if closed else None)
 
 
-def test_presence_from_this_node_and_live_nodes_only(api, node: Node):
+def test_presence_from_this_node_and_live_nodes_only(api, node: GatewayNode):
     node.registry.register(make_session("u1", "local-1", at=1_800_000_000.0), max_per_user=5)
     node.registry.register(make_session("u2", "local-other"), max_per_user=5)
     _remote_node("live", age_s=1)
@@ -401,7 +401,7 @@ def test_disconnect_without_a_body(api, submitted):
     assert submitted[0].reason == ""
 
 
-def test_disconnect_reaches_a_running_relay(api, node: Node):
+def test_disconnect_reaches_a_running_relay(api, node: GatewayNode):
     # Without a running relay loop the order is not queued anywhere visible; with one it is.
     import asyncio
     import threading
@@ -463,7 +463,7 @@ def test_openapi_schema_and_docs(client):
     assert client.get("/api/docs/").status_code == 200
 
 
-def test_healthz_is_503_while_the_node_does_not_run(client, node: Node):
+def test_healthz_is_503_while_the_node_does_not_run(client, node: GatewayNode):
     # (A running node, and one whose delivery loop is down: tests/unit/test_node.py.)
     response = client.get("/healthz")
     assert response.status_code == 503
@@ -471,7 +471,7 @@ def test_healthz_is_503_while_the_node_does_not_run(client, node: Node):
                                "detail": "the node is not running"}
 
 
-def test_readyz_with_the_local_broker(client, node: Node):
+def test_readyz_with_the_local_broker(client, node: GatewayNode):
     response = client.get("/readyz")
     assert response.status_code == 200, response.content
     assert response.json() == {"status": "ready", "node": node.node_id,
@@ -479,7 +479,7 @@ def test_readyz_with_the_local_broker(client, node: Node):
                                           "broker": "ok"}}
 
 
-def test_readyz_names_the_failing_check(client, node: Node):
+def test_readyz_names_the_failing_check(client, node: GatewayNode):
     node.broker.available = False
     response = client.get("/readyz")
     assert response.status_code == 503
@@ -490,7 +490,7 @@ def test_readyz_names_the_failing_check(client, node: Node):
     assert body["checks"]["broker"].startswith("BrokerUnavailable")
 
 
-def test_metrics_text(client, node: Node, api):
+def test_metrics_text(client, node: GatewayNode, api):
     node.registry.register(make_session("u1", "m1"), max_per_user=5)
     post(api, "/api/v1/push", {"users": ["u1"], "data": 1})
     response = client.get("/metrics")
@@ -536,7 +536,7 @@ def test_disconnect_bad_input_is_400(api, submitted, raw):
 
 # --- failed authentication (issue #10) ------------------------------------------------------
 
-def test_failed_authentication_is_throttled_per_address(node: Node, monkeypatch):
+def test_failed_authentication_is_throttled_per_address(node: GatewayNode, monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(node.rate_limits.auth_failures, "timer", lambda: now[0])
     body = {"user": "u1"}

@@ -13,7 +13,7 @@ from gateway_core import metrics
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import ControlMessage, PushMessage
 from gateway_core.tokens import encode_token
-from gateway_node.node import Node, get_node
+from gateway_node.node import GatewayNode, get_node
 from sessions_app.close_codes import CloseCode
 from sessions_app.consumers import GatewayConsumer
 from sessions_app.flow import TOO_SLOW
@@ -53,7 +53,7 @@ def push(push_id: str, users=("u1",)) -> PushMessage:
                        accepted_ms=int(time.time() * 1000))
 
 
-def auth_failures(node: Node) -> float:
+def auth_failures(node: GatewayNode) -> float:
     return metrics.REGISTRY.get_sample_value(
         "gateway_auth_failures_total", {"node": node.node_id}) or 0.0
 
@@ -69,7 +69,7 @@ def foreign_token() -> str:
 
 @pytest.mark.parametrize("query", ["", "token=", "token=garbage", "token={expired}",
                                    "token={foreign}"])
-async def test_bad_token_is_accepted_then_closed_with_4001(node: Node, query: str):
+async def test_bad_token_is_accepted_then_closed_with_4001(node: GatewayNode, query: str):
     before = auth_failures(node)
     comm = communicator("/ws/?" + query.format(expired=expired_token(), foreign=foreign_token()))
     connected, _ = await comm.connect()
@@ -81,7 +81,7 @@ async def test_bad_token_is_accepted_then_closed_with_4001(node: Node, query: st
     await comm.disconnect()
 
 
-async def test_bearer_header_authenticates(node: Node):
+async def test_bearer_header_authenticates(node: GatewayNode):
     comm = communicator("/ws/", headers=[(b"authorization", f"Bearer {token('hdr')}".encode())])
     connected, _ = await comm.connect()
     assert connected
@@ -89,7 +89,7 @@ async def test_bearer_header_authenticates(node: Node):
     await comm.disconnect()
 
 
-async def test_query_token_wins_over_header(node: Node):
+async def test_query_token_wins_over_header(node: GatewayNode):
     comm = communicator(f"/ws/?token={token('from-query')}",
                         headers=[(b"authorization", f"Bearer {token('from-header')}".encode())])
     await comm.connect()
@@ -98,7 +98,7 @@ async def test_query_token_wins_over_header(node: Node):
 
 
 @override_settings(GATEWAY_HEARTBEAT_INTERVAL_S=7, GATEWAY_HEARTBEAT_TIMEOUT_S=21)
-async def test_welcome_shape_and_session(node: Node):
+async def test_welcome_shape_and_session(node: GatewayNode):
     comm = communicator(f"/ws/?token={token('alice', meta={'plan': 'pro'})}",
                         headers=[(b"user-agent", b"unit-test")])
     await comm.connect()
@@ -114,7 +114,7 @@ async def test_welcome_shape_and_session(node: Node):
     await comm.disconnect()
 
 
-async def test_ping_pong(node: Node):
+async def test_ping_pong(node: GatewayNode):
     comm, _welcome = await connect()
     before = int(time.time() * 1000)
     await comm.send_json_to({"type": "ping"})
@@ -125,7 +125,7 @@ async def test_ping_pong(node: Node):
     await comm.disconnect()
 
 
-async def test_text_frames_refresh_last_seen(node: Node):
+async def test_text_frames_refresh_last_seen(node: GatewayNode):
     comm, welcome = await connect()
     session = node.registry.get(welcome["session"])
     session.last_seen = 0.0
@@ -144,7 +144,7 @@ async def test_text_frames_refresh_last_seen(node: Node):
     ('{"type": "ack"}', "ack needs"),
     ('{"type": "ack", "id": 5}', "ack needs"),
 ])
-async def test_bad_frames_get_an_error_and_the_connection_stays(node: Node, frame, detail):
+async def test_bad_frames_get_an_error_and_the_connection_stays(node: GatewayNode, frame, detail):
     comm, welcome = await connect()
     await comm.send_to(text_data=frame)
     error = await comm.receive_json_from()
@@ -157,7 +157,7 @@ async def test_bad_frames_get_an_error_and_the_connection_stays(node: Node, fram
     await comm.disconnect()
 
 
-async def test_binary_frames_get_an_error_and_do_not_count_as_life(node: Node):
+async def test_binary_frames_get_an_error_and_do_not_count_as_life(node: GatewayNode):
     comm, welcome = await connect()
     session = node.registry.get(welcome["session"])
     session.last_seen = 0.0
@@ -168,7 +168,7 @@ async def test_binary_frames_get_an_error_and_do_not_count_as_life(node: Node):
     await comm.disconnect()
 
 
-async def test_frame_at_the_limit_is_read(node: Node):
+async def test_frame_at_the_limit_is_read(node: GatewayNode):
     comm, _ = await connect()
     with override_settings(GATEWAY_MAX_FRAME_BYTES=64):
         frame = json.dumps({"type": "ping", "pad": "x" * 100})[:64]
@@ -181,7 +181,7 @@ async def test_frame_at_the_limit_is_read(node: Node):
     json.dumps({"type": "ping", "pad": "x" * 4096}),
     json.dumps({"type": "ping", "pad": "é" * 2100}, ensure_ascii=False),  # 2100 chars, 4200 bytes
 ])
-async def test_oversize_frame_closes_with_4013(node: Node, frame):
+async def test_oversize_frame_closes_with_4013(node: GatewayNode, frame):
     comm, welcome = await connect()
     await comm.send_to(text_data=frame)
     await expect_close(comm, 4013)
@@ -189,7 +189,7 @@ async def test_oversize_frame_closes_with_4013(node: Node, frame):
     await comm.disconnect()
 
 
-async def test_oversize_binary_frame_closes_with_4013(node: Node):
+async def test_oversize_binary_frame_closes_with_4013(node: GatewayNode):
     comm, _ = await connect()
     await comm.send_to(bytes_data=b"x" * 4097)
     await expect_close(comm, 4013)
@@ -197,7 +197,7 @@ async def test_oversize_binary_frame_closes_with_4013(node: Node):
 
 
 @override_settings(GATEWAY_MAX_FRAMES_PER_MINUTE=3)
-async def test_too_many_frames_closes_with_4029(node: Node):
+async def test_too_many_frames_closes_with_4029(node: GatewayNode):
     comm, welcome = await connect()
     for _ in range(3):
         await comm.send_json_to({"type": "ping"})
@@ -208,7 +208,7 @@ async def test_too_many_frames_closes_with_4029(node: Node):
     await comm.disconnect()
 
 
-async def test_push_reaches_the_client_and_its_ack_is_counted(node: Node):
+async def test_push_reaches_the_client_and_its_ack_is_counted(node: GatewayNode):
     comm, _ = await connect("u1")
     other, _ = await connect("u2")
     await node.deliverer.handle(push("p-1"))
@@ -235,7 +235,7 @@ async def test_push_reaches_the_client_and_its_ack_is_counted(node: Node):
 
 
 @override_settings(GATEWAY_MAX_FRAMES_PER_MINUTE=3)
-async def test_valid_acks_do_not_count_toward_the_frame_budget_and_bad_ones_do(node: Node):
+async def test_valid_acks_do_not_count_toward_the_frame_budget_and_bad_ones_do(node: GatewayNode):
     comm, _ = await connect("u1")
     for i in range(10):
         await node.deliverer.handle(push(f"p-{i}"))
@@ -257,7 +257,7 @@ async def test_valid_acks_do_not_count_toward_the_frame_budget_and_bad_ones_do(n
     '{"type": "\\ud800"}',
 ])
 @override_settings(GATEWAY_MAX_FRAME_BYTES=8192)  # room for a number of 4,400 digits
-async def test_frames_however_built_get_an_error_and_the_connection_stays(node: Node, text):
+async def test_frames_however_built_get_an_error_and_the_connection_stays(node: GatewayNode, text):
     comm, welcome = await connect("u1")
     await comm.send_to(text_data=text)
     error = await comm.receive_json_from()
@@ -268,7 +268,7 @@ async def test_frames_however_built_get_an_error_and_the_connection_stays(node: 
     await comm.disconnect()
 
 
-async def test_a_failing_handler_unregisters_its_session_at_once(node: Node, monkeypatch):
+async def test_a_failing_handler_unregisters_its_session_at_once(node: GatewayNode, monkeypatch):
     comm, welcome = await connect("u1")
     bystander, _ = await connect("u2")
 
@@ -289,7 +289,7 @@ async def test_a_failing_handler_unregisters_its_session_at_once(node: Node, mon
     await bystander.disconnect()
 
 
-async def test_a_write_that_raises_drops_only_that_session(node: Node):
+async def test_a_write_that_raises_drops_only_that_session(node: GatewayNode):
     _, welcome = await connect("u1")
     bystander, _ = await connect("u2")
     session = node.registry.get(welcome["session"])
@@ -310,7 +310,7 @@ async def test_a_write_that_raises_drops_only_that_session(node: Node):
     await bystander.disconnect()
 
 
-async def test_broadcast_reaches_every_connection(node: Node):
+async def test_broadcast_reaches_every_connection(node: GatewayNode):
     comms = [(await connect(f"u{i}"))[0] for i in range(3)]
     await node.deliverer.handle(push("p-all", users=None))
     for comm in comms:
@@ -320,7 +320,7 @@ async def test_broadcast_reaches_every_connection(node: Node):
 
 
 @override_settings(GATEWAY_MAX_CONNECTIONS_PER_USER=1)
-async def test_cap_closes_the_oldest_with_4009(node: Node):
+async def test_cap_closes_the_oldest_with_4009(node: GatewayNode):
     first, w1 = await connect("u1")
     second, w2 = await connect("u1")
     await expect_close(first, 4009)
@@ -333,7 +333,7 @@ async def test_cap_closes_the_oldest_with_4009(node: Node):
     await second.disconnect()
 
 
-async def test_sweep_closes_silent_connections_with_4008(node: Node):
+async def test_sweep_closes_silent_connections_with_4008(node: GatewayNode):
     comm, welcome = await connect()
     assert await node.hub.sweep(timeout_s=60, now=time.time() + 1000) == 1
     await expect_close(comm, 4008)
@@ -341,7 +341,7 @@ async def test_sweep_closes_silent_connections_with_4008(node: Node):
     await comm.disconnect()
 
 
-async def test_control_order_closes_with_4010(node: Node):
+async def test_control_order_closes_with_4010(node: GatewayNode):
     comm, _ = await connect("u1")
     order = ControlMessage(id="c-1", action="disconnect", users=("u1",), session_ids=(),
                            reason="ops", issued_ms=int(time.time() * 1000))
@@ -351,7 +351,7 @@ async def test_control_order_closes_with_4010(node: Node):
     await comm.disconnect()
 
 
-async def test_drain_closes_with_4012_and_refuses_new_connections(node: Node):
+async def test_drain_closes_with_4012_and_refuses_new_connections(node: GatewayNode):
     comm, _ = await connect()
     assert await node.hub.drain() == 1
     await expect_close(comm, 4012)
@@ -365,7 +365,7 @@ async def test_drain_closes_with_4012_and_refuses_new_connections(node: Node):
     await late.disconnect()
 
 
-async def test_disconnect_forgets_the_session(node: Node):
+async def test_disconnect_forgets_the_session(node: GatewayNode):
     comm, welcome = await connect()
     assert len(node.registry) == 1
     await comm.disconnect(code=1001)
@@ -375,7 +375,7 @@ async def test_disconnect_forgets_the_session(node: Node):
     assert [(sid, code) for sid, _, code in snap.closed] == [(welcome["session"], 1001)]
 
 
-async def test_a_slow_client_is_closed_with_4030(node: Node):
+async def test_a_slow_client_is_closed_with_4030(node: GatewayNode):
     comm, welcome = await connect()
 
     connection = node.registry.get(welcome["session"]).connection
@@ -395,7 +395,7 @@ async def test_a_slow_client_is_closed_with_4030(node: Node):
     await comm.disconnect()
 
 
-async def test_routing_through_the_asgi_application(node: Node):
+async def test_routing_through_the_asgi_application(node: GatewayNode):
     from gatewaysite.asgi import application
 
     comm = communicator(f"/ws/?token={token('routed')}", app=application)
@@ -447,7 +447,7 @@ class UvicornLikeConnection:
         await asyncio.wait_for(self.task, 1)
 
 
-async def test_a_stalled_uvicorn_client_never_holds_up_the_others(node: Node):
+async def test_a_stalled_uvicorn_client_never_holds_up_the_others(node: GatewayNode):
     with override_settings(GATEWAY_MAX_SEND_BUFFER_BYTES=2000):
         slow, healthy = UvicornLikeConnection("slow"), UvicornLikeConnection("healthy")
         for _ in range(20):

@@ -23,7 +23,7 @@ from rest_framework.test import APIClient
 from gateway_core import metrics
 from gateway_core.messages import PushMessage
 from gateway_core.middleware import bad_hosts
-from gateway_node.node import Node
+from gateway_node.node import GatewayNode
 from push_app import services
 from push_app.api.hotpath import PushRoutes
 from push_app.models import ApiClient, PushLog
@@ -63,7 +63,7 @@ def inner() -> Inner:
 
 
 @pytest.fixture
-def app(node: Node, inner: Inner) -> PushRoutes:
+def app(node: GatewayNode, inner: Inner) -> PushRoutes:
     return PushRoutes(inner, node=lambda: node)
 
 
@@ -113,7 +113,7 @@ async def new_key(name: str = "billing") -> tuple[ApiClient, str]:
     return await sync_to_async(services.api_client_create)(name=name)
 
 
-def pushes_counted(node: Node, client: str, status: str) -> float:
+def pushes_counted(node: GatewayNode, client: str, status: str) -> float:
     value = metrics.REGISTRY.get_sample_value(
         "gateway_pushes_total", {"node": node.node_id, "client": client, "status": status})
     return value or 0.0
@@ -121,7 +121,7 @@ def pushes_counted(node: Node, client: str, status: str) -> float:
 
 # --- accepted pushes ------------------------------------------------------------------------
 
-async def test_push_is_stored_relayed_and_answered_202(app, node: Node):
+async def test_push_is_stored_relayed_and_answered_202(app, node: GatewayNode):
     _, key = await new_key()
     before = pushes_counted(node, "billing", "accepted")
     answer = await call(app, "/api/v1/push", {"users": ["u1", "u2", "u1"], "data": {"n": 1},
@@ -142,7 +142,7 @@ async def test_push_is_stored_relayed_and_answered_202(app, node: Node):
     assert pushes_counted(node, "billing", "accepted") == before + 1
 
 
-async def test_concurrent_pushes_are_one_group_commit(app, node: Node):
+async def test_concurrent_pushes_are_one_group_commit(app, node: GatewayNode):
     _, key = await new_key()
     answers = await asyncio.gather(*(
         call(app, "/api/v1/push", {"users": [f"u{i}"], "data": i}, key=key) for i in range(20)
@@ -166,7 +166,7 @@ async def test_broadcast_and_chunked_body(app):
     assert too_big.json()["error"] == "payload_too_large"
 
 
-async def test_batch_mixed_results_in_order(app, node: Node):
+async def test_batch_mixed_results_in_order(app, node: GatewayNode):
     _, key = await new_key()
     pushes = [{"users": ["u1"], "data": 1}, {"users": [], "data": 2},
               {"broadcast": True, "data": 3}, {"users": ["u2"], "data": "x" * 100}]
@@ -186,7 +186,7 @@ async def test_batch_mixed_results_in_order(app, node: Node):
 
 # --- idempotency ----------------------------------------------------------------------------
 
-async def test_idempotency_key_answers_200_with_the_first_push(app, node: Node):
+async def test_idempotency_key_answers_200_with_the_first_push(app, node: GatewayNode):
     _, key = await new_key()
     body = {"users": ["u1"], "data": 1, "idempotency_key": "order-1"}
     first = await call(app, "/api/v1/push", body, key=key)
@@ -427,7 +427,7 @@ async def test_64_levels_pass_on_both_paths(app):
     assert ours.status == 202, ours.content
 
 
-async def test_a_poison_item_fails_alone_in_a_batch(app, node: Node):
+async def test_a_poison_item_fails_alone_in_a_batch(app, node: GatewayNode):
     _, key = await new_key()
     raw = (b'{"pushes": [{"users": ["u1"], "data": 1}, '
            b'{"users": ["u1"], "data": 2, "topic": "\\ud800"}, {"users": ["u2"], "data": 3}]}')

@@ -13,7 +13,7 @@ from gateway_core import metrics
 from gateway_core.brokers.local import LocalBroker
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import encode_token
-from gateway_node.node import Node, get_node, set_node
+from gateway_node.node import GatewayNode, get_node, set_node
 from push_app import services
 from push_app.models import PushLog, PushStatus
 from push_app.validation import push_request
@@ -30,7 +30,7 @@ async def eventually(predicate, *, timeout_s: float = 3.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def create_push(node: Node, users: list[str]) -> PushLog:
+def create_push(node: GatewayNode, users: list[str]) -> PushLog:
     log, created = services.push_create(
         client=None, req=push_request({"users": users, "data": {"hello": "there"}}),
         submit=node.relay.submit_threadsafe,
@@ -40,7 +40,7 @@ def create_push(node: Node, users: list[str]) -> PushLog:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_push_from_the_database_to_the_socket_and_the_accounts_back(node: Node):
+async def test_push_from_the_database_to_the_socket_and_the_accounts_back(node: GatewayNode):
     await node.start()
     try:
         await eventually(lambda: node.relay._loop is not None)
@@ -74,7 +74,7 @@ async def test_push_from_the_database_to_the_socket_and_the_accounts_back(node: 
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_ensure_started_honours_autostart(node: Node):
+async def test_ensure_started_honours_autostart(node: GatewayNode):
     await node.ensure_started()
     assert node.running is False
     node.autostart = True
@@ -87,7 +87,7 @@ async def test_ensure_started_honours_autostart(node: Node):
     assert node._tasks == []
 
 
-async def test_ledger_totals_survive_a_failed_write(node: Node):
+async def test_ledger_totals_survive_a_failed_write(node: GatewayNode):
     node.ledger.delivered("p1", 2)
     written = []
 
@@ -106,7 +106,7 @@ async def test_ledger_totals_survive_a_failed_write(node: Node):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_asgi_lifespan_starts_the_node_and_drains_it(node: Node):
+async def test_asgi_lifespan_starts_the_node_and_drains_it(node: GatewayNode):
     from gatewaysite.asgi import application
 
     node.autostart = True
@@ -133,7 +133,7 @@ async def test_asgi_lifespan_starts_the_node_and_drains_it(node: Node):
             await node.stop()
 
 
-async def test_asgi_lifespan_reports_a_node_that_cannot_start(node: Node, monkeypatch):
+async def test_asgi_lifespan_reports_a_node_that_cannot_start(node: GatewayNode, monkeypatch):
     from gatewaysite.asgi import application
 
     async def broken() -> None:
@@ -169,7 +169,7 @@ class FlakyBroker(LocalBroker):
 @pytest.mark.django_db(transaction=True)
 async def test_healthz_follows_the_delivery_loop_which_is_restarted():
     broker = FlakyBroker(node_id="test-node")
-    node = Node(role="all", broker=broker)
+    node = GatewayNode(role="all", broker=broker)
     node.autostart = False
     set_node(node)
     client = AsyncClient()

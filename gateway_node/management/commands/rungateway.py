@@ -15,7 +15,7 @@ from django.db import connections
 
 from gateway_core.conf import gateway_settings
 from gateway_node import workers as worker_processes
-from gateway_node.node import Node, set_node
+from gateway_node.node import GatewayNode, set_node
 from gateway_node.servers import LISTEN_BACKLOG, SERVERS, ServerError
 
 
@@ -65,7 +65,7 @@ class Command(BaseCommand):
                 sock = worker_processes.listening_socket(host, port, backlog=LISTEN_BACKLOG)
             except OSError as exc:
                 raise CommandError(f"cannot serve on {host}:{port}: {exc}") from exc
-        node = Node(role="web" if no_consumer else "all", address=f"{host}:{port}")
+        node = GatewayNode(role="web" if no_consumer else "all", address=f"{host}:{port}")
         set_node(node)
 
         def ready() -> None:
