@@ -26,6 +26,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
 from console.admin_site import StrictActionsMixin, user_url
+from console.ids import id_html
 from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
 from push_app.errors import PushUnavailable
@@ -83,9 +84,10 @@ class TestPushForm(forms.Form):
 
 @admin.register(PushLog)
 class PushLogAdmin(admin.ModelAdmin):
-    list_display = ("id", "status_badge", "client_name", "targets", "topic", "size",
+    list_display = ("push_id", "status_badge", "client_name", "targets", "topic", "size",
                     "created_at", "published_at", "delivered", "acked", "error_short")
     list_filter = ("status", "client", ("created_at", DateFieldListFilter), "broadcast")
+    list_display_links = None  # push_id links itself, beside its copy button
     list_select_related = ("client",)
     search_fields = ("=id", "=idempotency_key")
     search_help_text = "A push id, an idempotency key, or a user id (pushes naming that user)."
@@ -141,6 +143,10 @@ class PushLogAdmin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context=extra)
 
     # Columns --------------------------------------------------------------------------
+
+    @admin.display(description="push", ordering="id")
+    def push_id(self, obj: PushLog) -> str:
+        return id_html(obj.id, url=reverse("admin:push_app_pushlog_change", args=[obj.id]))
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: PushLog) -> str:

@@ -1,6 +1,7 @@
 /* The operator console's behaviour, without any library:
    - the dashboard polls its live fragment and swaps it in (no page reload);
-   - "Copy" buttons copy an input's value (e.g. an API key shown once). */
+   - "Copy" buttons copy an input's value (e.g. an API key shown once);
+   - id copy buttons (data-copy-text, also in polled fragments) copy the whole id. */
 (function () {
   "use strict";
 
@@ -66,6 +67,36 @@
       });
     });
   }
+
+  function copyText(text, done) {
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () { done(true); },
+                                               function () { done(false); });
+      return;
+    }
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    document.body.removeChild(area);
+    done(ok);
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("[data-copy-text]") : null;
+    if (!button) { return; }
+    event.preventDefault();
+    copyText(button.dataset.copyText, function (ok) {
+      button.textContent = ok ? "copied" : "select it";
+      button.classList.toggle("console-copied", ok);
+      setTimeout(function () { button.textContent = "copy"; button.classList.remove("console-copied"); }, 1500);
+    });
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     var box = document.getElementById("console-live");
