@@ -29,12 +29,15 @@ from gateway_core.conf import gateway_settings
 from gateway_core.tokens import valid_user_id
 from push_app.models import PushLog, PushStatus
 from push_app.selectors import (
+    PUSH_MATCHES_SHOWN,
     MinuteBucket,
     NodeRates,
     node_rates,
     push_series,
+    pushes_matching,
     pushes_to_user,
     recent_failures,
+    user_named_in_pushes,
     waiting_count,
 )
 from sessions_app.models import SessionRecord
@@ -44,6 +47,7 @@ from sessions_app.selectors import (
     close_label,
     live_totals,
     nodes_health,
+    session_exists,
     session_state,
     user_sessions,
 )
@@ -297,7 +301,13 @@ class ConsoleAdminSite(admin.AdminSite):
     # User ------------------------------------------------------------------------------
 
     def user_view(self, request: HttpRequest) -> HttpResponse:
-        """``?q=`` a user id (sessions and pushes) or a push id (straight to the push)."""
+        """``?q=``: what an operator pasted, recognised and opened, never invented.
+
+        A whole push id or session id opens its page; a push id's start, a shortened id
+        (``01a22d…f871569``) or an idempotency key lists the pushes it names (opening the
+        push when it is the only match and no user has that id); a user id that has
+        sessions or pushes opens the user's page. Anything else is "not found".
+        """
         if not has_view(request.user, "sessions_app.view_sessionrecord",
                         "push_app.view_pushlog"):
             raise PermissionDenied
@@ -306,15 +316,35 @@ class ConsoleAdminSite(admin.AdminSite):
             return HttpResponseRedirect(
                 reverse("admin:push_app_pushlog_change", args=[query], current_app=self.name)
             )
+        if query and session_exists(session_id=query):
+            return HttpResponseRedirect(reverse(
+                "admin:sessions_app_sessionrecord_change", args=[query], current_app=self.name
+            ))
         context: dict[str, Any] = {
-            **self.each_context(request), "title": "Find a user", "query": query,
-            "subtitle": None,
+            **self.each_context(request), "title": "Find a user, push or session",
+            "query": query, "subtitle": None, "matches": [],
         }
-        if query and not valid_user_id(query):
-            context["error"] = ("Not a user id (1-128 of A-Z a-z 0-9 _ . : @ -) "
-                                "nor the id of a push.")
-        elif query:
+        if not query:
+            return TemplateResponse(request, "admin/console/user.html", context)
+        matches = pushes_matching(term=query)
+        is_user = valid_user_id(query) and (
+            bool(user_sessions(user_id=query, limit=1))
+            or user_named_in_pushes(user_id=query)
+        )
+        if len(matches) == 1 and not is_user:
+            return HttpResponseRedirect(reverse(
+                "admin:push_app_pushlog_change", args=[matches[0].pk], current_app=self.name
+            ))
+        context["matches"] = matches
+        context["matches_more"] = len(matches) >= PUSH_MATCHES_SHOWN
+        if is_user:
             context.update(self._user_context(request, query))
+        elif not matches:
+            context["error"] = (
+                f"Not found: no user, push, session or idempotency key is “{query}”. "
+                "User ids are case-sensitive; a user is known once it has connected "
+                "or been pushed to."
+            )
         return TemplateResponse(request, "admin/console/user.html", context)
 
     def _user_context(self, request: HttpRequest, user_id: str) -> dict[str, Any]:

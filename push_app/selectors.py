@@ -154,3 +154,31 @@ def pushes_to_user(*, user_id: str, limit: int = 20,
         .defer("data_json")
         .order_by("-created_at")[:limit]
     )
+
+
+def user_named_in_pushes(*, user_id: str) -> bool:
+    """Whether any kept push names ``user_id`` (broadcasts do not count). One query."""
+    return PushLog.objects.filter(users_contain_q(user_id)).exists()
+
+
+#: The console's search shows at most this many pushes matching a term.
+PUSH_MATCHES_SHOWN = 20
+
+
+def pushes_matching(*, term: str, limit: int = PUSH_MATCHES_SHOWN) -> list[PushLog]:
+    """Pushes a search term names, newest first, with their clients. One query.
+
+    The term is a push id's start (``01a22d``), a shortened id as the console shows it
+    (``01a22d…f871569``), or an idempotency key (exact, of any client).
+    """
+    if "…" in term:
+        head, _, tail = term.partition("…")
+        by_id = Q(id__startswith=head, id__endswith=tail) if head and tail else Q(pk=None)
+    else:
+        by_id = Q(id__startswith=term)
+    return list(
+        PushLog.objects.filter(by_id | Q(idempotency_key=term))
+        .select_related("client")
+        .defer("data_json")
+        .order_by("-created_at")[:limit]
+    )

@@ -139,6 +139,11 @@ def user_sessions(*, user_id: str, limit: int = 25) -> list[SessionRecord]:
     return rows
 
 
+def session_exists(*, session_id: str) -> bool:
+    """Whether a session of this id is recorded. One query."""
+    return SessionRecord.objects.filter(pk=session_id).exists()
+
+
 def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat()
 
