@@ -27,6 +27,7 @@ from django.utils.text import Truncator
 
 from console.admin_site import StrictActionsMixin, user_url
 from console.ids import id_html
+from console.when import when
 from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
 from push_app.errors import PushUnavailable
@@ -193,7 +194,7 @@ class PushLogAdmin(admin.ModelAdmin):
             (
                 (reverse("admin:sessions_app_node_change", args=[r.node_id]), r.node_id,
                  health(r.node_id), health(r.node_id), r.delivered, r.acked,
-                 f"{r.updated_at:%Y-%m-%d %H:%M:%S}")
+                 when(r.updated_at))
                 for r in rows
             ),
         )

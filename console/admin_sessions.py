@@ -25,6 +25,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from console.admin_site import StrictActionsMixin, user_url
+from console.when import when
 from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
 from sessions_app.models import Node, SessionRecord
@@ -220,7 +221,7 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
     @admin.display(description="connected since", ordering="connected_at")
     def connected(self, obj: SessionRecord) -> str:
         return format_html('<span class="nowrap" title="{}">{}</span>',
-                           obj.connected_at.isoformat(), f"{obj.connected_at:%Y-%m-%d %H:%M:%S}")
+                           obj.connected_at.isoformat(), when(obj.connected_at))
 
     @admin.display(description="last heartbeat", ordering="last_seen")
     def beat(self, obj: SessionRecord) -> str:
@@ -246,7 +247,7 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
         if obj.closed_at is None:
             return "-"
         return format_html('<span title="{}">{}</span><div class="console-quiet">{}</div>',
-                           obj.closed_at.isoformat(), f"{obj.closed_at:%Y-%m-%d %H:%M:%S}",
+                           obj.closed_at.isoformat(), when(obj.closed_at),
                            close_label(obj.close_code))
 
     # Actions --------------------------------------------------------------------------

@@ -198,8 +198,12 @@ def chart(series: list[MinuteBucket]) -> dict[str, Any]:
                      f"delivered, {bucket.acked} acked, {bucket.failed} failed",
         })
         points.append(f"{round(x + step / 2, 1)},{y(bucket.delivered)}")
-        if i % 15 == 0:
-            labels.append({"x": round(x, 1), "text": f"{bucket.start:%H:%M}"})
+        # Counted back from the current minute, so the last label is now, not 15 min ago.
+        last = i == len(series) - 1
+        if (len(series) - 1 - i) % 15 == 0:
+            labels.append({"x": round(x + step, 1) if last else round(x, 1),
+                           "anchor": "end" if last else "start",
+                           "text": f"{bucket.start:%H:%M}"})
     return {
         "w": CHART_W, "h": CHART_H, "left": CHART_LEFT, "plot_h": plot_h,
         "top": top, "mid": f"{top / 2:g}", "y_mid": y(top / 2),
