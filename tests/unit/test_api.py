@@ -490,6 +490,22 @@ def test_readyz_names_the_failing_check(client, node: GatewayNode):
     assert body["checks"]["broker"].startswith("BrokerUnavailable")
 
 
+def test_a_failing_probe_logs_one_warning_not_an_error(client, node: GatewayNode, caplog):
+    node.broker.available = False
+    with caplog.at_level("INFO", logger="django.request"):
+        assert client.get("/readyz").status_code == 503
+    records = [r for r in caplog.records if r.name == "django.request"]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("WARNING", "Service Unavailable: /readyz")]
+
+
+def test_favicon_is_no_content_and_logs_nothing(client, caplog):
+    with caplog.at_level("INFO", logger="django.request"):
+        response = client.get("/favicon.ico")
+    assert response.status_code == 204
+    assert [r for r in caplog.records if r.name == "django.request"] == []
+
+
 def test_metrics_text(client, node: GatewayNode, api):
     node.registry.register(make_session("u1", "m1"), max_per_user=5)
     post(api, "/api/v1/push", {"users": ["u1"], "data": 1})
