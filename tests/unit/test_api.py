@@ -490,6 +490,30 @@ def test_readyz_names_the_failing_check(client, node: GatewayNode):
     assert body["checks"]["broker"].startswith("BrokerUnavailable")
 
 
+@pytest.mark.parametrize("beating", [True, False])
+def test_readyz_of_a_web_node_needs_its_runconsumer_beat(client, node: GatewayNode, settings,
+                                                         monkeypatch, beating):
+    from gateway_node import broker_process
+
+    asked: list[tuple[str, str]] = []
+
+    async def consumer_beating(*, node_id: str, redis_url: str) -> bool:
+        asked.append((node_id, redis_url))
+        return beating
+
+    monkeypatch.setattr(broker_process, "consumer_beating", consumer_beating)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    node.role = "web"
+    response = client.get("/readyz")
+    assert asked == [(node.node_id, "redis://127.0.0.1:1/0")]
+    consumer = response.json()["checks"]["consumer"]
+    if beating:
+        assert consumer == "ok"
+    else:
+        assert response.status_code == 503
+        assert consumer.startswith("RuntimeError: no beat from this node's runconsumer")
+
+
 def test_a_failing_probe_logs_one_warning_not_an_error(client, node: GatewayNode, caplog):
     node.broker.available = False
     with caplog.at_level("INFO", logger="django.request"):

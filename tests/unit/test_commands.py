@@ -83,3 +83,39 @@ def test_the_banner_names_database_and_broker_never_a_password():
         line = banner.banner()
     assert "; broker redis redis://cache:6379/0; channel layer redis redis://cache:6379/0" in line
     assert "s3cret" not in line
+
+
+class FakeRedis:
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}
+        self.closed = False
+
+    async def set(self, key: str, value: str, *, ex: int) -> None:
+        self.keys[key] = ex
+
+    async def delete(self, key: str) -> None:
+        self.keys.pop(key, None)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_runconsumer_beats_while_consuming_and_stops_beating_when_stopped(monkeypatch):
+    import asyncio
+
+    from gateway_core.brokers.local import LocalBroker
+    from gateway_node import broker_process
+
+    fake = FakeRedis()
+    monkeypatch.setattr(broker_process, "_redis", lambda url: fake)
+    monkeypatch.setattr(broker_process, "BEAT_INTERVAL_S", 0.01)
+    broker = LocalBroker(node_id="d")
+    beat = asyncio.create_task(broker_process.keep_beat(broker, node_id="d", redis_url="r"))
+    await asyncio.sleep(0.05)
+    assert fake.keys == {}  # not consuming yet: no beat
+    broker.consuming = True
+    await asyncio.sleep(0.05)
+    assert fake.keys == {"gateway:d:consumer-beat": broker_process.BEAT_TTL_S}
+    beat.cancel()
+    await asyncio.gather(beat, return_exceptions=True)
+    assert fake.keys == {} and fake.closed
