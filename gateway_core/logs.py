@@ -77,6 +77,22 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class ProbeFilter(logging.Filter):
+    """On ``django.request``: a 5xx answer to a health probe (``/healthz``, ``/readyz``) is one
+    WARNING line, not an ERROR. A node answers 503 there while it starts or a dependency is
+    away: that is the probe doing its job, and the answer's body names the failing check."""
+
+    PROBE_PATHS = ("/healthz", "/readyz")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "request", None)
+        path = str(getattr(request, "path_info", "") or "").rstrip("/")
+        if record.levelno > logging.WARNING and path in self.PROBE_PATHS:
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line (log shippers parse it without patterns)."""
 
@@ -111,7 +127,10 @@ def logging_config(*, node_id: str, level: str, log_format: str) -> dict[str, An
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": ContextFilter, "node_id": node_id}},
+        "filters": {
+            "context": {"()": ContextFilter, "node_id": node_id},
+            "probes": {"()": ProbeFilter},
+        },
         "formatters": {
             "plain": {
                 "format": "%(asctime)s %(levelname)s %(name)s [%(node)s] %(message)s%(context)s"
@@ -127,6 +146,7 @@ def logging_config(*, node_id: str, level: str, log_format: str) -> dict[str, An
         },
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
+            "django.request": {"filters": ["probes"]},
             "django.channels.server": {"level": "WARNING"},
             "daphne": {"level": "WARNING"},
             # uvicorn logs every WebSocket handshake at INFO, query string (token) included.

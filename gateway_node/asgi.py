@@ -23,17 +23,50 @@ logger = logging.getLogger("gateway.node")
 
 
 class NodeStarter:
-    """Starts this process's node before the first request (Daphne has no lifespan)."""
+    """Starts this process's node before the first request (Daphne has no lifespan), and
+    under a bare ``daphne`` has it stopped with the server (see ``stop_with_twisted``)."""
 
     def __init__(self, app: Any, *, node: NodeProvider) -> None:
         self.app = app
         self.node = node
+        self.stop_hooked = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         node = self.node()
         if not node.running:
             await node.ensure_started()
+            if not self.stop_hooked:
+                self.stop_hooked = stop_with_twisted(node)
         await self.app(scope, receive, send)
+
+
+def stop_with_twisted(node: GatewayNode) -> bool:
+    """Under Daphne (a Twisted reactor), stop ``node`` before the reactor shuts down.
+
+    A bare ``daphne`` stops its reactor on SIGTERM and never told the node: its row kept no
+    ``stopped_at`` and the cluster took a clean stop for a crash (``GatewayNodeDown``).
+    Twisted waits for the returned Deferred. Under ``rungateway`` the node is already stopped
+    by then and ``stop()`` returns at once. False when no reactor runs (uvicorn).
+    """
+    import sys
+
+    if "twisted.internet.reactor" not in sys.modules:
+        return False
+    import asyncio
+
+    from twisted.internet import defer
+    from twisted.internet import reactor as installed
+
+    reactor: Any = installed  # zope interfaces confuse mypy (self-less methods)
+    if not reactor.running:
+        return False
+
+    def stop() -> defer.Deferred[None]:
+        logger.info("server shutting down: stopping node %s", node.node_id)
+        return defer.Deferred.fromFuture(asyncio.ensure_future(node.stop()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    return True
 
 
 def lifespan_for(node: NodeProvider) -> ASGIApp:

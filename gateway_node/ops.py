@@ -12,7 +12,8 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from gateway_core import metrics
-from gateway_node import metrics_access
+from gateway_core.conf import gateway_settings
+from gateway_node import broker_process, metrics_access
 from gateway_node.node import GatewayNode, get_node
 from sessions_app.delivery import LOCAL_CHANNEL_PREFIX
 
@@ -51,6 +52,15 @@ async def _consumer(node: GatewayNode) -> None:
         raise RuntimeError("this node's broker consumer is not receiving yet")
 
 
+async def _consumer_process(node: GatewayNode) -> None:
+    """A web-role node's consumer is another process (``runconsumer``): its beat in Redis."""
+    if not await broker_process.consumer_beating(node_id=node.node_id,
+                                                 redis_url=gateway_settings.redis_url):
+        raise RuntimeError(
+            f"no beat from this node's runconsumer within {broker_process.BEAT_TTL_S} s "
+            f"(is `manage.py runconsumer` running with GATEWAY_NODE_ID={node.node_id}?)")
+
+
 async def readyz(request: HttpRequest) -> HttpResponse:
     node = get_node()
     checks: dict[str, Callable[[], Awaitable[None]]] = {
@@ -60,6 +70,8 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     }
     if node.role == "all" and node.running:
         checks["consumer"] = partial(_consumer, node)
+    elif node.role == "web" and gateway_settings.redis_url:
+        checks["consumer"] = partial(_consumer_process, node)
     results: dict[str, str] = {}
     for name, check in checks.items():
         try:
@@ -74,6 +86,14 @@ async def readyz(request: HttpRequest) -> HttpResponse:
         {"status": "ready" if ready else "unavailable", "node": node.node_id, "checks": results},
         status=200 if ready else 503,
     )
+
+
+async def favicon(request: HttpRequest) -> HttpResponse:
+    """``/favicon.ico``, which browsers ask for on every page: no icon, and no 404 (logged as a
+    WARNING each time). Cached for a day so browsers stop asking."""
+    response = HttpResponse(status=204)
+    response["Cache-Control"] = "public, max-age=86400"
+    return response
 
 
 async def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics_view, name="metrics"),
+    path("favicon.ico", ops.favicon, name="favicon"),
     path("demo/", TemplateView.as_view(template_name="demo.html"), name="demo"),
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
 ]

@@ -8,11 +8,25 @@ import signal
 import threading
 from collections.abc import Callable
 
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 
 from monitoring.engine import AlertEngine, RoundReport
 
 logger = logging.getLogger("gateway.alerts")
+
+
+def sqlite_without_nodes() -> bool:
+    """True when this process reads SQLite and no node has ever written its beat there: the
+    fallback database of a terminal without the cluster's ``DATABASE_URL``, where every rule
+    would quietly find nothing (issue #17)."""
+    if connection.vendor != "sqlite":
+        return False
+    from sessions_app.models import Node
+
+    try:
+        return not Node.objects.exists()
+    except DatabaseError:  # not even migrated
+        return True
 
 
 def run(

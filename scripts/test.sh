@@ -3,27 +3,44 @@
 # redis-server, postgresql and chromium; the Python requirements; RocketMQ's jars), starts
 # Redis, PostgreSQL and RocketMQ on loopback, runs ruff, mypy and pytest, and stops the
 # services again whatever happens. Extra arguments go to pytest.
+#
+# The suite's services have their own ports and folder, distinct from the dev defaults of
+# scripts/services.sh and scripts/rocketmq.sh, so a run never touches (or stops) a dev
+# cluster on the same machine. Each may be overridden from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+export GATEWAY_SERVICES_DIR="${GATEWAY_SERVICES_DIR:-/tmp/gateway-test-services}"
+export GATEWAY_TEST_REDIS_PORT="${GATEWAY_TEST_REDIS_PORT:-6391}"
+export GATEWAY_TEST_PG_PORT="${GATEWAY_TEST_PG_PORT:-5441}"
+# tests/cluster restarts RocketMQ through scripts/rocketmq.sh: these reach it too.
+export ROCKETMQ_RUN_DIR="${ROCKETMQ_RUN_DIR:-$GATEWAY_SERVICES_DIR/rocketmq}"
+export ROCKETMQ_NAMESRV_PORT="${ROCKETMQ_NAMESRV_PORT:-19876}"
+export ROCKETMQ_GRPC_PORT="${ROCKETMQ_GRPC_PORT:-18081}"
+export ROCKETMQ_REMOTING_PORT="${ROCKETMQ_REMOTING_PORT:-18080}"
+export ROCKETMQ_BROKER_PORT="${ROCKETMQ_BROKER_PORT:-20911}"
 
 scripts/services.sh install
 scripts/bootstrap.sh dev
 
+# The suite's data is scratch: wiped before the run (a killed run may have left some) and after.
 cleanup() {
   scripts/rocketmq.sh stop >/dev/null 2>&1 || true
-  scripts/services.sh stop redis || true
-  scripts/services.sh stop postgres || true
+  scripts/services.sh reset redis || true
+  scripts/services.sh reset postgres || true
 }
 trap cleanup EXIT
 
+scripts/services.sh reset redis
+scripts/services.sh reset postgres
 scripts/services.sh start redis
 scripts/services.sh start postgres
 scripts/rocketmq.sh start
 
 export GATEWAY_TEST_REQUIRE_SERVICES=1
-export GATEWAY_TEST_REDIS_URL="redis://127.0.0.1:${GATEWAY_TEST_REDIS_PORT:-6390}/0"
-export GATEWAY_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:${GATEWAY_TEST_PG_PORT:-5440}/postgres"
-export GATEWAY_TEST_ROCKETMQ_ENDPOINT="127.0.0.1:${ROCKETMQ_GRPC_PORT:-8081}"
+export GATEWAY_TEST_REDIS_URL="redis://127.0.0.1:$GATEWAY_TEST_REDIS_PORT/0"
+export GATEWAY_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$GATEWAY_TEST_PG_PORT/postgres"
+export GATEWAY_TEST_ROCKETMQ_ENDPOINT="127.0.0.1:$ROCKETMQ_GRPC_PORT"
 
 .venv/bin/ruff check .
 .venv/bin/mypy .

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.cluster import flows
@@ -30,9 +31,9 @@ async def wait_consumer_feeds_web(key: str, publisher: GatewayProcess,
                                   split: GatewayProcess) -> None:
     """Until a push POSTed to ``publisher`` reaches a probe client on ``split``.
 
-    The split node's ``/readyz`` cannot see its separate consumer, so readiness is proven
-    end to end: probe pushes go to a probe user of their own, so a late copy of one reaches
-    nobody else."""
+    The split node's ``/readyz`` sees its consumer's beat, not whether the consumer's
+    group is assigned its queues yet, so readiness is proven end to end: probe pushes go to
+    a probe user of their own, so a late copy of one reaches nobody else."""
     probe = uid("probe")
     ws, _ = await flows.connect(split, probe)
     try:
@@ -80,8 +81,7 @@ def test_split_node_runs_as_two_processes(cluster: Cluster) -> None:
     b = cluster.nodes["b"]
     assert len(b.procs) == 2
     assert "daphne" in b.procs[0].args and "runconsumer" in b.procs[1].args
-    # The web process answers /readyz without waiting for its consumer process, which may
-    # still be starting its broker client: wait (bounded) for the consumer's own line.
+    # /readyz waited for the consumer's beat; its own line follows at once (bounded wait).
     line = "consumer for node " + b.node_id + " started"
     deadline = time.monotonic() + 30
     while line not in b.log() and time.monotonic() < deadline:
@@ -129,3 +129,18 @@ def test_runconsumer_exits_0_on_sigterm(cluster: Cluster) -> None:
     assert time.monotonic() - started < 15
     assert "consumer for node " + cluster.nodes["b"].node_id + " stopped" in \
         cluster.nodes["b"].log()
+
+
+def test_split_node_is_not_ready_without_its_consumer(cluster: Cluster) -> None:
+    """Issue #17: with runconsumer stopped, B's /readyz stayed 200 and a client missed a push.
+    Runs after the SIGTERM test above, which stopped B's runconsumer."""
+    b = cluster.nodes["b"]
+    assert b.procs[1].poll() is not None, "runconsumer still runs"
+    deadline = time.monotonic() + 10  # the beat expires within BEAT_TTL_S (5 s)
+    while True:
+        response = httpx.get(f"{b.url}/readyz", timeout=5)
+        if response.status_code == 503 or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    assert response.status_code == 503, response.text
+    assert "no beat from this node's runconsumer" in response.json()["checks"]["consumer"]

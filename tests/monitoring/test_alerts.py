@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core import mail
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
 
 from monitoring import runner
@@ -344,6 +345,22 @@ def test_runalerts_once_prints_the_round(settings) -> None:
     out = io.StringIO()
     call_command("runalerts", "--once", stdout=out, stderr=io.StringIO())
     assert "firing 1; new: none; resolved: none" in out.getvalue()
+
+
+def test_runalerts_says_which_database_and_broker_it_reads(settings) -> None:
+    settings.GATEWAY_ALERT_WEBHOOK_URL = ""
+    err = io.StringIO()
+    call_command("runalerts", "--once", stdout=io.StringIO(), stderr=err)
+    first = err.getvalue().splitlines()[0]
+    assert first.startswith(f"database {connection.vendor}")
+    assert "; broker " in first
+    if connection.vendor == "sqlite":
+        # No node has written here: a terminal without the cluster's DATABASE_URL.
+        assert "warning: this database is SQLite and no gateway node" in err.getvalue()
+    node("n1", seen=NOW)
+    err = io.StringIO()
+    call_command("runalerts", "--once", stdout=io.StringIO(), stderr=err)
+    assert "warning: this database is SQLite" not in err.getvalue()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -490,6 +490,46 @@ def test_readyz_names_the_failing_check(client, node: GatewayNode):
     assert body["checks"]["broker"].startswith("BrokerUnavailable")
 
 
+@pytest.mark.parametrize("beating", [True, False])
+def test_readyz_of_a_web_node_needs_its_runconsumer_beat(client, node: GatewayNode, settings,
+                                                         monkeypatch, beating):
+    from gateway_node import broker_process
+
+    asked: list[tuple[str, str]] = []
+
+    async def consumer_beating(*, node_id: str, redis_url: str) -> bool:
+        asked.append((node_id, redis_url))
+        return beating
+
+    monkeypatch.setattr(broker_process, "consumer_beating", consumer_beating)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    node.role = "web"
+    response = client.get("/readyz")
+    assert asked == [(node.node_id, "redis://127.0.0.1:1/0")]
+    consumer = response.json()["checks"]["consumer"]
+    if beating:
+        assert consumer == "ok"
+    else:
+        assert response.status_code == 503
+        assert consumer.startswith("RuntimeError: no beat from this node's runconsumer")
+
+
+def test_a_failing_probe_logs_one_warning_not_an_error(client, node: GatewayNode, caplog):
+    node.broker.available = False
+    with caplog.at_level("INFO", logger="django.request"):
+        assert client.get("/readyz").status_code == 503
+    records = [r for r in caplog.records if r.name == "django.request"]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("WARNING", "Service Unavailable: /readyz")]
+
+
+def test_favicon_is_no_content_and_logs_nothing(client, caplog):
+    with caplog.at_level("INFO", logger="django.request"):
+        response = client.get("/favicon.ico")
+    assert response.status_code == 204
+    assert [r for r in caplog.records if r.name == "django.request"] == []
+
+
 def test_metrics_text(client, node: GatewayNode, api):
     node.registry.register(make_session("u1", "m1"), max_per_user=5)
     post(api, "/api/v1/push", {"users": ["u1"], "data": 1})

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway_core import metrics
+from gateway_core import banner, metrics
 from gateway_node import broker_process
 
 
@@ -25,6 +25,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, metrics_port: int = 0, metrics_host: str = "127.0.0.1",
                **options: Any) -> None:
+        self.stderr.write(banner.banner())
         try:
             broker_process.check_configuration()
         except ImproperlyConfigured as exc:

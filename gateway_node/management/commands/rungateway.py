@@ -13,6 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
+from gateway_core import banner
 from gateway_core.conf import gateway_settings
 from gateway_node import workers as worker_processes
 from gateway_node.node import GatewayNode, set_node
@@ -47,6 +48,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, host: str, port: int, server: str, no_migrate: bool,
                no_consumer: bool, workers: int, reuse_port: bool, ready_fd: int | None,
                **options: Any) -> None:
+        if ready_fd is None:  # a worker of --workers: its supervisor has said it
+            self.stderr.write(banner.banner())
         if no_consumer and not gateway_settings.redis_url:
             raise CommandError("--no-consumer needs REDIS_URL: runconsumer reaches this "
                                "process through the node's channel layer")

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from gateway_core import banner
 from monitoring import runner
 from monitoring.conf import alert_settings
 from monitoring.engine import AlertEngine, RoundReport
@@ -21,6 +22,12 @@ class Command(BaseCommand):
                             help="seconds between rounds (default GATEWAY_ALERT_INTERVAL)")
 
     def handle(self, *args: Any, once: bool, interval: float | None, **options: Any) -> None:
+        self.stderr.write(banner.banner())
+        if runner.sqlite_without_nodes():
+            self.stderr.write(
+                "warning: this database is SQLite and no gateway node has written its beat "
+                "here: the nodes most likely use another DATABASE_URL (docs/cluster.md: "
+                "source cluster.env in this terminal)")
         engine = AlertEngine()
         if not engine.notifiers:
             self.stderr.write("no alert channel configured (GATEWAY_ALERT_WEBHOOK_URL, "

@@ -1,4 +1,5 @@
-"""``manage.py createapikey <name>``: prints a new API key on stdout, and nothing else."""
+"""``manage.py createapikey <name>``: prints a new API key on stdout, and nothing else (which
+database it went to goes to stderr)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from gateway_core import banner
 from push_app.models import ApiClient
 from push_app.services import api_client_create
 
@@ -17,6 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("name")
 
     def handle(self, *args: Any, name: str, **options: Any) -> None:
+        self.stderr.write(banner.describe_database_line())
         name = name.strip()
         if not name or len(name) > 100:
             raise CommandError("name must be 1-100 characters")
