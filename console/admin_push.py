@@ -25,13 +25,13 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
-from console.admin_site import StrictActionsMixin, user_url
+from console.admin_site import StrictActionsMixin, audit_operator, user_url
 from console.ids import id_html
 from console.when import when
 from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
 from push_app.errors import PushUnavailable
-from push_app.models import ApiClient, PushLog, PushStatus
+from push_app.models import ApiClient, AuditAction, PushLog, PushStatus
 from push_app.selectors import users_contain_q
 from push_app.services import (
     TEST_PUSH_TOPIC,
@@ -241,6 +241,8 @@ class PushLogAdmin(admin.ModelAdmin):
                 except (RequestInvalid, PushUnavailable) as exc:
                     form.add_error(None, exc.detail)
                 else:
+                    audit_operator(request, action=AuditAction.TEST_PUSH,
+                                   user_id=form.cleaned_data["user"], target=log.id)
                     self.message_user(request, f"Test push {log.id} sent to "
                                       f"{form.cleaned_data['user']}. Refresh this page to "
                                       "see it delivered and acked.")
@@ -306,6 +308,7 @@ class ApiClientAdmin(StrictActionsMixin, admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             return
         client, key = api_client_create(name=obj.name)
+        audit_operator(request, action=AuditAction.KEY_CREATE, target=client.name)
         for field in ("pk", "key_prefix", "key_hash", "is_active", "created_at"):
             setattr(obj, field, getattr(client, field))
         obj._new_key = key  # type: ignore[attr-defined]  # read by response_add only
@@ -336,6 +339,7 @@ class ApiClientAdmin(StrictActionsMixin, admin.ModelAdmin):
             raise PermissionDenied
         if request.method == "POST":
             key = api_client_rotate(client=client)
+            audit_operator(request, action=AuditAction.KEY_ROTATE, target=client.name)
             self.log_change(request, client, "Rotated the API key; the old key stopped working.")
             return self._key_page(request, client, key, created=False)
         context = {
@@ -355,10 +359,16 @@ class ApiClientAdmin(StrictActionsMixin, admin.ModelAdmin):
     @admin.action(description="Deactivate selected clients (their keys get 403)",
                   permissions=["change"])
     def deactivate(self, request: HttpRequest, queryset: QuerySet[ApiClient]) -> None:
-        n = api_client_set_active(clients=list(queryset), active=False)
+        clients = list(queryset)
+        n = api_client_set_active(clients=clients, active=False)
+        for client in clients:
+            audit_operator(request, action=AuditAction.KEY_DEACTIVATE, target=client.name)
         self.message_user(request, f"Deactivated {n} client(s).", messages.WARNING)
 
     @admin.action(description="Activate selected clients", permissions=["change"])
     def activate(self, request: HttpRequest, queryset: QuerySet[ApiClient]) -> None:
-        n = api_client_set_active(clients=list(queryset), active=True)
+        clients = list(queryset)
+        n = api_client_set_active(clients=clients, active=True)
+        for client in clients:
+            audit_operator(request, action=AuditAction.KEY_ACTIVATE, target=client.name)
         self.message_user(request, f"Activated {n} client(s).")

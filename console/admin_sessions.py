@@ -24,10 +24,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from console.admin_site import StrictActionsMixin, user_url
+from console.admin_site import StrictActionsMixin, audit_operator, user_url
 from console.when import when
 from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
+from push_app.models import AuditAction
 from sessions_app.models import Node, SessionRecord
 from sessions_app.selectors import (
     ago,
@@ -157,7 +158,8 @@ class DisconnectForm(forms.Form):
     reason = forms.CharField(
         max_length=MAX_REASON_CHARS, required=False,
         widget=forms.TextInput(attrs={"size": 60, "placeholder": "e.g. support ticket 1234"}),
-        help_text="Kept in the admin history and the node's log; the client only sees 4010.",
+        help_text="Kept in the audit trail, the admin history and the node's log; the client "
+                  "only sees 4010.",
     )
 
 
@@ -276,8 +278,10 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
             if by_user:
                 users = sorted({r.user_id for r in records})
                 for user_id in users:
-                    console_user_disconnect(user_id=user_id, reason=reason, actor_id=actor,
-                                            submit=bridge.submit)
+                    user_order = console_user_disconnect(user_id=user_id, reason=reason,
+                                                         actor_id=actor, submit=bridge.submit)
+                    audit_operator(request, action=AuditAction.USER_DISCONNECT,
+                                   user_id=user_id, order_id=user_order.id, reason=reason)
                 self.message_user(request, f"Disconnect ordered for {len(users)} user(s): "
                                   f"{', '.join(users[:10])}{'…' if len(users) > 10 else ''}.")
                 return None
@@ -285,6 +289,14 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
                 session_ids=[r.id for r in records], reason=reason, actor_id=actor,
                 submit=bridge.submit,
             )
+            if order is not None:
+                ordered = set(order.session_ids)
+                for user_id in sorted({r.user_id for r in records if r.id in ordered}):
+                    audit_operator(
+                        request, action=AuditAction.SESSIONS_DISCONNECT, user_id=user_id,
+                        target=" ".join(r.id for r in records
+                                        if r.id in ordered and r.user_id == user_id),
+                        order_id=order.id, reason=reason)
             if order is None:
                 self.message_user(request, "None of the selected sessions is open; nothing "
                                   "to disconnect.", messages.WARNING)
@@ -317,8 +329,12 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
             form = UserDisconnectForm(request.POST)
             if form.is_valid():
                 user_id = form.cleaned_data["user"]
-                console_user_disconnect(user_id=user_id, reason=form.cleaned_data["reason"],
-                                        actor_id=_actor_id(request), submit=bridge.submit)
+                reason = form.cleaned_data["reason"]
+                order = console_user_disconnect(user_id=user_id, reason=reason,
+                                                actor_id=_actor_id(request),
+                                                submit=bridge.submit)
+                audit_operator(request, action=AuditAction.USER_DISCONNECT, user_id=user_id,
+                               order_id=order.id, reason=reason)
                 self.message_user(request, f"Disconnect ordered for every connection of "
                                   f"{user_id}; their nodes close them with 4010.")
                 return HttpResponseRedirect(user_url(user_id))

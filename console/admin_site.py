@@ -27,19 +27,24 @@ from django.utils import timezone
 
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import valid_user_id
-from push_app.models import PushLog, PushStatus
+from push_app.models import AuditAction, AuditActor, AuditEvent, PushLog, PushStatus
 from push_app.selectors import (
     PUSH_MATCHES_SHOWN,
+    USER_ACTIONS_SHOWN,
     MinuteBucket,
     NodeRates,
+    audit_of_user,
+    last_disconnect,
     node_rates,
     push_series,
     pushes_matching,
     pushes_to_user,
     recent_failures,
+    user_has_audit,
     user_named_in_pushes,
     waiting_count,
 )
+from push_app.services import audit_record
 from sessions_app.models import SessionRecord
 from sessions_app.selectors import (
     NodeHealth,
@@ -61,6 +66,14 @@ RATE_WINDOW_S = 300
 def user_url(user_id: str) -> str:
     """The console's page of one user (its sessions and pushes)."""
     return reverse("admin:console_user") + "?" + urlencode({"q": user_id})
+
+
+def audit_operator(request: HttpRequest, *, action: AuditAction, user_id: str = "",
+                   target: str = "", order_id: str = "", reason: str = "") -> None:
+    """Record an operator's action in the audit trail (``push_app.models.AuditEvent``)."""
+    audit_record(actor_kind=AuditActor.OPERATOR, actor=request.user.get_username(),
+                 action=action, user_id=user_id, target=target, order_id=order_id,
+                 reason=reason)
 
 
 def has_view(user: Any, *perms: str) -> bool:
@@ -251,6 +264,32 @@ def push_outcome(log: PushLog, *, user_id: str, sessions: list[SessionRecord]) -
     )
 
 
+#: How long after a disconnect order the user page shows it as pending while the sessions
+#: it named are still recorded open (nodes record closes every few seconds; an order still
+#: unanswered after this is shown in the actions only).
+PENDING_DISCONNECT_S = 120
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDisconnect:
+    order: AuditEvent
+    sessions: list[SessionRecord]  # live, named by the order, not yet recorded closed
+
+
+def pending_disconnect(*, user_id: str, live: list[SessionRecord],
+                       now: datetime | None = None) -> PendingDisconnect | None:
+    """The newest disconnect ordered for the user, while sessions it named are still
+    recorded open (one query). A user disconnect names every session connected before it;
+    a sessions disconnect names its sessions."""
+    now = now or timezone.now()
+    order = last_disconnect(user_id=user_id, since=now - timedelta(seconds=PENDING_DISCONNECT_S))
+    if order is None:
+        return None
+    named = set(order.session_ids)
+    still_open = [s for s in live if s.connected_at <= order.at and (not named or s.id in named)]
+    return PendingDisconnect(order, still_open) if still_open else None
+
+
 # --- The site ---------------------------------------------------------------------------
 
 class ConsoleAdminSite(admin.AdminSite):
@@ -334,6 +373,7 @@ class ConsoleAdminSite(admin.AdminSite):
         is_user = valid_user_id(query) and (
             bool(user_sessions(user_id=query, limit=1))
             or user_named_in_pushes(user_id=query)
+            or user_has_audit(user_id=query)
         )
         if len(matches) == 1 and not is_user:
             return HttpResponseRedirect(reverse(
@@ -362,7 +402,14 @@ class ConsoleAdminSite(admin.AdminSite):
             if log.broadcast or user_id in log.users
         ]
         user = request.user
+        pending = pending_disconnect(user_id=user_id, live=live)
+        can_audit = has_view(user, "push_app.view_auditevent")
         return {
+            "pending": pending,
+            "live_other": len(live) - len(pending.sessions) if pending else 0,
+            "can_audit": can_audit,
+            "actions": audit_of_user(user_id=user_id) if can_audit else [],
+            "actions_shown": USER_ACTIONS_SHOWN,
             "title": f"User {user_id}",
             "user_id": user_id,
             "sessions": rows,

@@ -89,3 +89,57 @@ class PushDelivery(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["push", "node_id"], name="push_delivery_per_node")
         ]
+
+
+class AuditActor(models.TextChoices):
+    OPERATOR = "operator"
+    API_CLIENT = "api_client", "API client"
+
+
+class AuditAction(models.TextChoices):
+    USER_DISCONNECT = "user_disconnect", "disconnect user"
+    SESSIONS_DISCONNECT = "sessions_disconnect", "disconnect sessions"
+    TEST_PUSH = "test_push", "test push"
+    KEY_CREATE = "key_create", "API key created"
+    KEY_ROTATE = "key_rotate", "API key rotated"
+    KEY_DEACTIVATE = "key_deactivate", "API client deactivated"
+    KEY_ACTIVATE = "key_activate", "API client activated"
+
+
+#: The actions that order a disconnect (the user page shows one as pending).
+DISCONNECT_ACTIONS = (AuditAction.USER_DISCONNECT, AuditAction.SESSIONS_DISCONNECT)
+
+
+class AuditEvent(models.Model):
+    """One action of an operator or an API client that changed something for a user or a
+    client: who, when, what, on whom, why. Written in the sync request path (the DRF view or
+    the admin action), never by the WebSocket side.
+
+    Kept here, beneath the console, because the REST API (this app) writes it as well as the
+    console; the console records its session disconnects through ``push_app.services``.
+    ``actor`` is a name (username or client name), so the record outlives its author.
+    """
+
+    at = models.DateTimeField(db_index=True)
+    actor_kind = models.CharField(max_length=16, choices=AuditActor.choices)
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=32, choices=AuditAction.choices)
+    user_id = models.CharField(max_length=128, blank=True, verbose_name="user")
+    #: What the action named besides the user: session ids (space-separated), a push id,
+    #: an API client's name.
+    target = models.TextField(blank=True)
+    order_id = models.CharField(max_length=32, blank=True)
+    reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "audit event"
+        indexes = [models.Index(fields=["user_id", "-at"], name="audit_user_at"),
+                   models.Index(fields=["actor", "-at"], name="audit_actor_at")]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} by {self.actor}"
+
+    @property
+    def session_ids(self) -> list[str]:
+        return self.target.split() if self.action == AuditAction.SESSIONS_DISCONNECT else []

@@ -13,7 +13,14 @@ from django.db.models.functions import Cast, StrIndex, TruncMinute
 from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
-from push_app.models import ApiClient, PushDelivery, PushLog, PushStatus
+from push_app.models import (
+    DISCONNECT_ACTIONS,
+    ApiClient,
+    AuditEvent,
+    PushDelivery,
+    PushLog,
+    PushStatus,
+)
 
 
 def push_get(*, client: ApiClient, push_id: str) -> PushLog | None:
@@ -182,3 +189,25 @@ def pushes_matching(*, term: str, limit: int = PUSH_MATCHES_SHOWN) -> list[PushL
         .defer("data_json")
         .order_by("-created_at")[:limit]
     )
+
+
+# --- Audit trail ---------------------------------------------------------------------------
+
+#: How many actions the user page lists.
+USER_ACTIONS_SHOWN = 20
+
+
+def audit_of_user(*, user_id: str, limit: int = USER_ACTIONS_SHOWN) -> list[AuditEvent]:
+    """The newest actions on one user (one query)."""
+    return list(AuditEvent.objects.filter(user_id=user_id).order_by("-at", "-id")[:limit])
+
+
+def last_disconnect(*, user_id: str, since: datetime) -> AuditEvent | None:
+    """The newest disconnect ordered for this user at or after ``since`` (one query)."""
+    return (AuditEvent.objects.filter(user_id=user_id, action__in=DISCONNECT_ACTIONS,
+                                      at__gte=since)
+            .order_by("-at", "-id").first())
+
+
+def user_has_audit(*, user_id: str) -> bool:
+    return AuditEvent.objects.filter(user_id=user_id).exists()

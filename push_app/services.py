@@ -23,7 +23,15 @@ from gateway_core.conf import gateway_settings
 from gateway_core.messages import PushMessage
 from gateway_core.tokens import encode_token
 from push_app.errors import BrokerUnavailable, PushUnavailable
-from push_app.models import ApiClient, PushDelivery, PushLog, PushStatus
+from push_app.models import (
+    ApiClient,
+    AuditAction,
+    AuditActor,
+    AuditEvent,
+    PushDelivery,
+    PushLog,
+    PushStatus,
+)
 from push_app.pushlog import build_log
 from push_app.validation import PushRequest, TokenRequest, push_request
 
@@ -205,6 +213,27 @@ def console_test_push(*, user_id: str, data: object, topic: str | None, submit: 
                         **({"topic": topic} if topic else {})})
     log, _ = push_create(client=None, req=req, submit=submit, backlog=backlog)
     return log
+
+
+# --- Audit trail ---------------------------------------------------------------------------
+
+#: The longest reason an audit event keeps (the REST API's and the console's limit).
+AUDIT_REASON_CHARS = 200
+
+
+def audit_record(*, actor_kind: AuditActor, actor: str, action: AuditAction, user_id: str = "",
+                 target: str = "", order_id: str = "", reason: str = "",
+                 now: datetime | None = None) -> AuditEvent:
+    """Record what an operator or an API client did, in the caller's request (one INSERT).
+
+    Callers: the REST API's disconnect view, and the console's actions (disconnects, test
+    pushes, API keys). Never the WebSocket side.
+    """
+    return AuditEvent.objects.create(
+        at=now or timezone.now(), actor_kind=actor_kind, actor=actor[:150], action=action,
+        user_id=user_id, target=target, order_id=order_id,
+        reason=reason.strip()[:AUDIT_REASON_CHARS],
+    )
 
 
 # --- Retention ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from push_app import selectors, services, validation
 from push_app.api.errors import error_body
 from push_app.api.schema import BODY_ERRORS, COMMON_ERRORS, PUSH_ID, USER_ID, body, errors, ref
 from push_app.errors import PushUnavailable
-from push_app.models import ApiClient
+from push_app.models import ApiClient, AuditAction, AuditActor
 from push_app.validation import RequestInvalid
 
 _USER_PARAMETER = OpenApiParameter("user_id", OpenApiTypes.STR, OpenApiParameter.PATH,
@@ -145,6 +145,9 @@ class DisconnectView(APIView):
         user_id = _user_id(user_id)
         reason = validation.disconnect_reason(request.data)
         order = orders.user_disconnect(user_id=user_id, reason=reason, submit=bridge.submit)
+        services.audit_record(actor_kind=AuditActor.API_CLIENT, actor=_client(request).name,
+                              action=AuditAction.USER_DISCONNECT, user_id=user_id,
+                              order_id=order.id, reason=reason)
         return Response({"id": order.id, "status": "accepted", "user": user_id},
                         status=status.HTTP_202_ACCEPTED)
 

@@ -13,7 +13,8 @@ from push_app.services import new_push_id
 from sessions_app.models import Node as NodeRow
 from sessions_app.models import SessionRecord
 
-VIEW_PERMS = ["view_node", "view_sessionrecord", "view_pushlog", "view_apiclient"]
+VIEW_PERMS = ["view_node", "view_sessionrecord", "view_pushlog", "view_apiclient",
+              "view_auditevent"]
 
 
 def make_node(node_id: str, *, alive: bool = True, now: datetime | None = None,

@@ -15,7 +15,7 @@ from gateway_core.messages import ControlMessage, PushMessage
 from gateway_core.tokens import decode_token
 from gateway_node.node import GatewayNode
 from push_app import services, validation
-from push_app.models import ApiClient, PushLog, PushStatus
+from push_app.models import ApiClient, AuditEvent, PushLog, PushStatus
 from push_app.services import api_client_create
 from push_app.validation import RequestInvalid
 from sessions_app.models import Node as NodeRow
@@ -393,6 +393,17 @@ def test_disconnect_queues_a_control_order(api, submitted):
     assert isinstance(order, ControlMessage)
     assert (order.id, order.action, order.users, order.session_ids, order.reason) == (
         body["id"], "disconnect", ("u1",), (), "banned")
+
+
+def test_disconnect_stores_its_reason_and_client_in_the_audit_trail(api, submitted):
+    response = post(api, "/api/v1/users/u1/disconnect", {"reason": "banned for spam"})
+    assert response.status_code == 202
+    event = AuditEvent.objects.get()
+    assert (event.actor_kind, event.actor, event.action, event.user_id, event.reason,
+            event.order_id) == ("api_client", "billing", "user_disconnect", "u1",
+                                "banned for spam", response.json()["id"])
+    post(api, "/api/v1/users/u1/disconnect", {"reason": "r" * 201})  # refused: not recorded
+    assert AuditEvent.objects.count() == 1
 
 
 def test_disconnect_without_a_body(api, submitted):
