@@ -601,3 +601,17 @@ async def test_a_failed_write_keeps_the_counts(app, node: GatewayNode, monkeypat
     failing.append(False)
     await node.write_rejections()
     assert [r.total async for r in ApiRejections.objects.all()] == [1]
+
+
+async def test_an_unknown_push_id_is_a_404_counted_for_its_client(node: GatewayNode):
+    billing, key = await new_key("billing")
+
+    def drf_get_missing() -> int:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        return client.get("/api/v1/push/p_missing").status_code
+
+    assert await sync_to_async(drf_get_missing)() == 404
+    await node.write_rejections()
+    row = await ApiRejections.objects.aget()
+    assert (row.client_id, row.s404, row.last_code) == (billing.pk, 1, "not_found")
