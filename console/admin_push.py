@@ -32,7 +32,7 @@ from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
 from push_app.errors import PushUnavailable
 from push_app.models import ApiClient, AuditAction, PushLog, PushStatus
-from push_app.selectors import users_contain_q
+from push_app.selectors import Rejections, rejections_since, users_contain_q
 from push_app.services import (
     TEST_PUSH_TOPIC,
     api_client_create,
@@ -128,6 +128,34 @@ class PushLogAdmin(admin.ModelAdmin):
         if valid_user_id(term):
             found = found | queryset.filter(users_contain_q(term))
         return found, may_have_duplicates
+
+    def _rejections(self, obj: ApiClient, hours: int) -> Rejections | None:
+        found = rejections_since(since=timezone.now() - timedelta(hours=hours),
+                                 client_id=obj.pk, one_client=True)
+        return found[0] if found else None
+
+    def _rejected(self, obj: ApiClient, hours: int) -> str:
+        found = self._rejections(obj, hours)
+        if found is None:
+            return "0"
+        parts = ", ".join(f"{label}: {n}" for label, n in found.by_status.items() if n)
+        return format_html('<span class="console-tone-bad">{}</span> ({})', found.total, parts)
+
+    @admin.display(description="rejected requests (1 h)")
+    def rejected_1h(self, obj: ApiClient) -> str:
+        return self._rejected(obj, 1)
+
+    @admin.display(description="rejected requests (24 h)")
+    def rejected_24h(self, obj: ApiClient) -> str:
+        return self._rejected(obj, 24)
+
+    @admin.display(description="last rejected request (24 h)")
+    def last_rejection(self, obj: ApiClient) -> str:
+        found = self._rejections(obj, 24)
+        if found is None or found.last_error_at is None:
+            return "none"
+        return format_html("{} {}: {} <small>at {}</small>", found.last_status,
+                           found.last_code, found.last_detail, when(found.last_error_at))
 
     def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
@@ -267,14 +295,14 @@ class ApiClientAdmin(StrictActionsMixin, admin.ModelAdmin):
     list_filter = ("is_active",)
     search_fields = ("name", "=key_prefix")
     readonly_fields = ("key_prefix", "created_at", "last_used_at", "pushes_24h",
-                       "pushes_total")
+                       "pushes_total", "rejected_1h", "rejected_24h", "last_rejection")
     actions = ["deactivate", "activate"]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         if obj is None:
             return ("name",)
         return ("name", "is_active", "key_prefix", "created_at", "last_used_at", "pushes_24h",
-                "pushes_total")
+                "pushes_total", "rejected_1h", "rejected_24h", "last_rejection")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiClient]:
         day_ago = timezone.now() - timedelta(hours=24)
@@ -292,6 +320,34 @@ class ApiClientAdmin(StrictActionsMixin, admin.ModelAdmin):
         n = int(getattr(obj, "n_pushes", 0))
         url = reverse("admin:push_app_pushlog_changelist") + f"?client__id__exact={obj.pk}"
         return format_html('<a href="{}">{}</a>', url, n)
+
+    def _rejections(self, obj: ApiClient, hours: int) -> Rejections | None:
+        found = rejections_since(since=timezone.now() - timedelta(hours=hours),
+                                 client_id=obj.pk, one_client=True)
+        return found[0] if found else None
+
+    def _rejected(self, obj: ApiClient, hours: int) -> str:
+        found = self._rejections(obj, hours)
+        if found is None:
+            return "0"
+        parts = ", ".join(f"{label}: {n}" for label, n in found.by_status.items() if n)
+        return format_html('<span class="console-tone-bad">{}</span> ({})', found.total, parts)
+
+    @admin.display(description="rejected requests (1 h)")
+    def rejected_1h(self, obj: ApiClient) -> str:
+        return self._rejected(obj, 1)
+
+    @admin.display(description="rejected requests (24 h)")
+    def rejected_24h(self, obj: ApiClient) -> str:
+        return self._rejected(obj, 24)
+
+    @admin.display(description="last rejected request (24 h)")
+    def last_rejection(self, obj: ApiClient) -> str:
+        found = self._rejections(obj, 24)
+        if found is None or found.last_error_at is None:
+            return "none"
+        return format_html("{} {}: {} <small>at {}</small>", found.last_status,
+                           found.last_code, found.last_detail, when(found.last_error_at))
 
     def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name

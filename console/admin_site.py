@@ -33,6 +33,7 @@ from push_app.selectors import (
     USER_ACTIONS_SHOWN,
     MinuteBucket,
     NodeRates,
+    Rejections,
     audit_of_user,
     last_disconnect,
     node_rates,
@@ -40,6 +41,7 @@ from push_app.selectors import (
     pushes_matching,
     pushes_to_user,
     recent_failures,
+    rejections_since,
     user_has_audit,
     user_named_in_pushes,
     waiting_count,
@@ -102,6 +104,12 @@ class Dashboard:
     series: list[MinuteBucket]
     failures: list[PushLog]
     waiting: int
+    #: Refused API requests in the last hour, per client, busiest first.
+    rejections: list[Rejections]
+
+    @property
+    def rejected(self) -> int:
+        return sum(r.total for r in self.rejections)
 
     @property
     def hour(self) -> dict[str, int]:
@@ -114,7 +122,7 @@ class Dashboard:
 
 
 def dashboard_data(*, now: datetime | None = None) -> Dashboard:
-    """Everything the dashboard shows, in seven queries whatever the cluster's size."""
+    """Everything the dashboard shows, in nine queries whatever the cluster's size."""
     now = now or timezone.now()
     timeout_s = gateway_settings.node_timeout_s
     health = nodes_health(now=now, timeout_s=timeout_s)
@@ -130,6 +138,7 @@ def dashboard_data(*, now: datetime | None = None) -> Dashboard:
         series=push_series(now=now, minutes=60),
         failures=recent_failures(since=now - timedelta(hours=1)),
         waiting=waiting_count(),
+        rejections=rejections_since(since=now - timedelta(hours=1)),
     )
 
 
@@ -171,6 +180,13 @@ def dashboard_json(data: Dashboard) -> dict[str, Any]:
             {"id": log.id, "client": log.client.name if log.client else None,
              "created_at": log.created_at.isoformat(), "error": log.error}
             for log in data.failures
+        ],
+        "rejected_last_hour": [
+            {"client_id": r.client_id, "client": r.client_name, "total": r.total,
+             "by_status": r.by_status, "last_error": {
+                 "status": r.last_status, "error": r.last_code, "detail": r.last_detail,
+                 "at": _iso(r.last_error_at)}}
+            for r in data.rejections
         ],
     }
 

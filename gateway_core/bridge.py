@@ -22,6 +22,8 @@ What it guarantees:
   node's from memory, other live nodes' from the database.
 - ``rate_limits()`` is the node's request budgets (``gateway_core.ratelimit.RateLimits``),
   which the DRF throttle and authentication spend from.
+- ``rejected(client_id=…, status=…, code=…, detail=…)`` counts a request the API refused
+  in the node's memory (``push_app.rejections``); it never touches the database.
 
 The node installs its handles when it becomes this process's node
 (``gateway_node.node.set_node``/``get_node``: ``rungateway``, the ASGI application, a test's
@@ -32,12 +34,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway_core.messages import Message
 from gateway_core.ratelimit import RateLimits
 
 Submit = Callable[[Message], None]
+
+
+class Rejected(Protocol):
+    def __call__(self, *, client_id: int | None, status: int, code: str,
+                 detail: str) -> None: ...
 
 
 class BridgeNotInstalled(RuntimeError):
@@ -50,17 +57,19 @@ class _Handles:
     backlog: Callable[[], int]
     user_presence: Callable[[str], dict[str, Any]]
     rate_limits: RateLimits
+    rejected: Rejected
 
 
 _handles: _Handles | None = None
 
 
 def install(*, submit: Submit, backlog: Callable[[], int],
-            user_presence: Callable[[str], dict[str, Any]], rate_limits: RateLimits) -> None:
+            user_presence: Callable[[str], dict[str, Any]], rate_limits: RateLimits,
+            rejected: Rejected) -> None:
     """Called by the node that becomes this process's node; replaces any earlier one."""
     global _handles
     _handles = _Handles(submit=submit, backlog=backlog, user_presence=user_presence,
-                        rate_limits=rate_limits)
+                        rate_limits=rate_limits, rejected=rejected)
 
 
 def uninstall() -> None:
@@ -100,3 +109,8 @@ def user_presence(user_id: str) -> dict[str, Any]:
 def rate_limits() -> RateLimits:
     """The installed node's request budgets (the DRF throttle and authentication)."""
     return _installed().rate_limits
+
+
+def rejected(*, client_id: int | None, status: int, code: str, detail: str) -> None:
+    """Count a request the API refused, for the console (in memory; no database write)."""
+    _installed().rejected(client_id=client_id, status=status, code=code, detail=detail)

@@ -33,6 +33,7 @@ from gateway_core.messages import Message
 from gateway_core.ratelimit import RateLimits
 from gateway_node.supervisor import LoopFactory, Supervised
 from push_app.ledger import DeliveryLedger
+from push_app.rejections import RejectionCounter
 from push_app.relay import Relay
 from push_app.writer import PushWriter
 from sessions_app.delivery import ChannelLayerListener, Deliverer
@@ -82,6 +83,8 @@ class GatewayNode:
         )
         #: The API's request budgets: the hot path's and (through the bridge) DRF's.
         self.rate_limits = RateLimits()
+        #: Requests the API refused, per client: the hot path's and (through the bridge) DRF's.
+        self.rejections = RejectionCounter(node_id=self.node_id)
         self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
         # The API's pushes, stored by group commit on the database thread, then relayed.
         self.writer = PushWriter(db=self.db, submit=self.relay.submit, node_id=self.node_id)
@@ -101,7 +104,8 @@ class GatewayNode:
     def install_bridge(self) -> None:
         """Make this node the one sync code reaches through ``gateway_core.bridge``."""
         bridge.install(submit=self.submit_threadsafe, backlog=lambda: self.relay.backlog,
-                       user_presence=self.user_presence, rate_limits=self.rate_limits)
+                       user_presence=self.user_presence, rate_limits=self.rate_limits,
+                       rejected=self.rejections.count)
 
     def submit_threadsafe(self, message: Message) -> None:
         """Hand a message to the relay from another thread (looked up per call: tests
@@ -178,6 +182,7 @@ class GatewayNode:
             try:
                 await self.hub.sweep(timeout_s=gateway_settings.heartbeat_timeout_s)
                 await self.write_ledger()
+                await self.write_rejections()
                 now = time.time()
                 if now - last_record >= gateway_settings.record_interval_s:
                     last_record = now
@@ -194,6 +199,14 @@ class GatewayNode:
         except BaseException:
             # Not written (database error, or cancelled by ``stop``): the next write has it.
             self.ledger.untake(changed)
+            raise
+
+    async def write_rejections(self) -> None:
+        taken = self.rejections.take()
+        try:
+            await self.db(self.rejections.write, taken)
+        except BaseException:
+            self.rejections.untake(taken)  # the next write has them
             raise
 
     async def record(self, *, now: float, stopping: bool = False) -> None:
@@ -221,6 +234,7 @@ class GatewayNode:
         try:
             await self.relay.flush()
             await self.write_ledger()
+            await self.write_rejections()
             await self.record(now=time.time(), stopping=True)
         except Exception:
             logger.exception("final database write failed")

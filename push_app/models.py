@@ -143,3 +143,36 @@ class AuditEvent(models.Model):
     @property
     def session_ids(self) -> list[str]:
         return self.target.split() if self.action == AuditAction.SESSIONS_DISCONNECT else []
+
+class ApiRejections(models.Model):
+    """Requests the REST API refused (4xx), counted by one node for one client in one
+    minute: written by the node's housekeeping from ``push_app.rejections.RejectionCounter``.
+
+    ``client`` is null for requests no client could be found for (a 401 for a missing or
+    unknown key): the "unauthenticated" line."""
+
+    client = models.ForeignKey(
+        ApiClient, null=True, blank=True, on_delete=models.CASCADE, related_name="rejections"
+    )
+    node_id = models.CharField(max_length=128)
+    minute = models.DateTimeField(db_index=True)
+    total = models.PositiveIntegerField(default=0)
+    s400 = models.PositiveIntegerField("400", default=0)
+    s401 = models.PositiveIntegerField("401", default=0)
+    s403 = models.PositiveIntegerField("403", default=0)
+    s404 = models.PositiveIntegerField("404", default=0)
+    s413 = models.PositiveIntegerField("413", default=0)
+    s429 = models.PositiveIntegerField("429", default=0)
+    other = models.PositiveIntegerField(default=0)
+    last_status = models.PositiveSmallIntegerField(default=0)
+    last_code = models.CharField(max_length=64, blank=True)
+    last_detail = models.CharField(max_length=200, blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API rejections"
+        verbose_name_plural = "API rejections"
+        constraints = [
+            models.UniqueConstraint(fields=["client", "node_id", "minute"],
+                                    name="api_rejections_per_client_node_minute")
+        ]

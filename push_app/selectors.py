@@ -16,6 +16,7 @@ from django.utils import timezone
 from push_app.models import (
     DISCONNECT_ACTIONS,
     ApiClient,
+    ApiRejections,
     AuditEvent,
     PushDelivery,
     PushLog,
@@ -211,3 +212,59 @@ def last_disconnect(*, user_id: str, since: datetime) -> AuditEvent | None:
 
 def user_has_audit(*, user_id: str) -> bool:
     return AuditEvent.objects.filter(user_id=user_id).exists()
+
+#: ``ApiRejections``' per-status columns, as the console labels them.
+REJECTION_STATUSES = (("s400", "400"), ("s401", "401"), ("s403", "403"), ("s404", "404"),
+                      ("s413", "413"), ("s429", "429"), ("other", "other 4xx"))
+
+
+@dataclass(frozen=True, slots=True)
+class Rejections:
+    """A client's refused requests since a time (``client_id`` None: unauthenticated)."""
+
+    client_id: int | None
+    client_name: str
+    total: int
+    by_status: dict[str, int]
+    last_status: int
+    last_code: str
+    last_detail: str
+    last_error_at: datetime | None
+
+
+def rejections_since(*, since: datetime, client_id: int | None = None,
+                     one_client: bool = False) -> list[Rejections]:
+    """Refusals summed over every node since ``since``, busiest first, each with its last
+    error; two queries whatever the number of clients and nodes. ``one_client``: only
+    ``client_id``'s (None: the unauthenticated line)."""
+    rows = ApiRejections.objects.filter(minute__gte=since)
+    if one_client:
+        rows = rows.filter(client_id=client_id)
+    sums: list[dict[str, Any]] = [dict(r) for r in
+        rows.values("client_id", "client__name")
+        .annotate(n=Sum("total"), last_at=Max("last_error_at"),
+                  **{f"n_{c}": Sum(c) for c, _ in REJECTION_STATUSES})
+        .order_by("-n", "client__name")
+    ]
+    if not sums:
+        return []
+    latest = {(r["client_id"], r["last_at"]) for r in sums}
+    last: dict[int | None, ApiRejections] = {}
+    for row in rows.filter(last_error_at__in={at for _, at in latest}).only(
+            "client_id", "last_status", "last_code", "last_detail", "last_error_at"):
+        if (row.client_id, row.last_error_at) in latest:
+            last[row.client_id] = row
+    out = []
+    for r in sums:
+        found = last.get(r["client_id"])
+        out.append(Rejections(
+            client_id=r["client_id"],
+            client_name=r["client__name"] or "unauthenticated",
+            total=int(r["n"] or 0),
+            by_status={label: int(r[f"n_{c}"] or 0) for c, label in REJECTION_STATUSES},
+            last_status=found.last_status if found else 0,
+            last_code=found.last_code if found else "",
+            last_detail=found.last_detail if found else "",
+            last_error_at=found.last_error_at if found else None,
+        ))
+    return out

@@ -13,7 +13,9 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from gateway_core import bridge
 from push_app.errors import PushUnavailable
+from push_app.models import ApiClient
 from push_app.validation import RequestInvalid
 from push_app.writer import DATABASE_DOWN
 
@@ -80,6 +82,26 @@ def database_unavailable(exc: Exception) -> PushUnavailable:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = _error_response(exc, context)
+    if response is not None and 400 <= response.status_code < 500:
+        count_rejected(context.get("request"), response.status_code, response.data)
+    return response
+
+
+def count_rejected(request: Any, status: int, body: Any) -> None:
+    """Count a refused request for its client (``gateway_core.bridge.rejected``); a
+    request whose key found no client counts as unauthenticated."""
+    if not bridge.installed():
+        return
+    # ``_auth``, not ``auth``: reading ``auth`` would authenticate again.
+    client = getattr(request, "_auth", None)
+    body = body if isinstance(body, dict) else {}
+    bridge.rejected(client_id=client.pk if isinstance(client, ApiClient) else None,
+                    status=status,
+                    code=str(body.get("error", "")), detail=str(body.get("detail", "")))
+
+
+def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DATABASE_DOWN):
         logger.warning("%s: database unavailable: %r",
                        getattr(context.get("request"), "path", "?"), exc)

@@ -50,6 +50,7 @@ from push_app.api.parsers import body_too_large, check_declared_length, parse_js
 from push_app.api.throttling import rate_limited, take_request
 from push_app.errors import PushUnavailable
 from push_app.models import ApiClient
+from push_app.rejections import RejectionCounter
 from push_app.relay import Relay
 from push_app.validation import PushRequest, RequestInvalid
 from push_app.writer import DATABASE_DOWN, ClientRef, ClientRevoked, PushWriter, store_keyed
@@ -94,10 +95,20 @@ class PushNode(Protocol):
     relay: Relay
     writer: PushWriter
     rate_limits: RateLimits
+    rejections: RejectionCounter
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the node's database thread."""
         ...
+
+
+class _Caller:
+    """Who made a request, once its key is known: whom a refusal is counted for."""
+
+    __slots__ = ("client",)
+
+    def __init__(self) -> None:
+        self.client: ClientRef | None = None
 
 
 class PushRoutes:
@@ -121,8 +132,9 @@ class PushRoutes:
         await self.app(scope, receive, send)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, *, batch: bool) -> None:
+        caller = _Caller()
         try:
-            status, body, headers = await self.handle(scope, receive, batch=batch)
+            status, body, headers = await self.handle(scope, receive, caller, batch=batch)
         except (RequestInvalid, PushUnavailable, APIException) as exc:
             status, body, headers = error_parts(exc)
         except ClientGone:
@@ -133,6 +145,10 @@ class PushRoutes:
         except Exception:
             logger.exception("POST %s failed", scope["path"])
             status, body, headers = 500, error_body("server_error", "internal error"), {}
+        if 400 <= status < 500:
+            self.node().rejections.count(
+                client_id=caller.client.pk if caller.client else None, status=status,
+                code=str(body.get("error", "")), detail=str(body.get("detail", "")))
         raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         if "\u2028" in raw or "\u2029" in raw:  # as DRF's JSONRenderer: safe inside <script>
             raw = raw.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
@@ -142,7 +158,8 @@ class PushRoutes:
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": content})
 
-    async def handle(self, scope: Scope, receive: Receive, *, batch: bool) -> Answer:
+    async def handle(self, scope: Scope, receive: Receive, caller: _Caller, *,
+                     batch: bool) -> Answer:
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             headers[name] = value  # ASGI servers lower-case the names
@@ -155,6 +172,7 @@ class PushRoutes:
         peer = scope.get("client")
         client = await self.authenticate(node, headers.get(b"authorization", b""),
                                          str(peer[0]) if peer else "")
+        caller.client = client
         wait_s = take_request(node.rate_limits.api_clients, client.pk)
         if wait_s is not None:
             raise rate_limited(wait_s)

@@ -18,7 +18,7 @@ from gateway_core import bridge, metrics, orders
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import valid_user_id
 from push_app import selectors, services, validation
-from push_app.api.errors import error_body
+from push_app.api.errors import count_rejected, error_body
 from push_app.api.schema import BODY_ERRORS, COMMON_ERRORS, PUSH_ID, USER_ID, body, errors, ref
 from push_app.errors import PushUnavailable
 from push_app.models import ApiClient, AuditAction, AuditActor
@@ -119,8 +119,9 @@ class PushDetailView(APIView):
     def get(self, request: Request, push_id: str) -> Response:
         log = selectors.push_get(client=_client(request), push_id=push_id)
         if log is None:
-            return Response(error_body("not_found", f"no push {push_id!r} from this client"),
-                            status=status.HTTP_404_NOT_FOUND)
+            body = error_body("not_found", f"no push {push_id!r} from this client")
+            count_rejected(request, status.HTTP_404_NOT_FOUND, body)
+            return Response(body, status=status.HTTP_404_NOT_FOUND)
         return Response(selectors.push_describe(log))
 
 

@@ -10,6 +10,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from push_app.models import ApiClient
+from push_app.rejections import RejectionCounter
 from push_app.services import api_client_create
 from tests.support.console import make_push
 
@@ -75,3 +76,18 @@ def test_deactivate_action_and_counts(operator, node):
     quiet.refresh_from_db()
     assert not shop.is_active and quiet.is_active
     assert push_with(key) == 403
+
+
+def test_change_page_shows_rejected_requests_and_the_last_error(operator, node):
+    client, _ = api_client_create(name="billing")
+    page = operator.get(reverse("admin:push_app_apiclient_change", args=[client.pk]))
+    assert "Rejected requests (1 h)" in page.content.decode()
+    counter = RejectionCounter(node_id="n1")
+    counter.count(client_id=client.pk, status=413, code="payload_too_large", detail="too big")
+    counter.count(client_id=client.pk, status=400, code="invalid", detail="no users")
+    counter.write(counter.take())
+
+    html = operator.get(
+        reverse("admin:push_app_apiclient_change", args=[client.pk])).content.decode()
+    assert "400: 1, 413: 1" in html
+    assert "400 invalid: no users" in html

@@ -10,6 +10,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from push_app.models import PushStatus
+from push_app.rejections import RejectionCounter
+from push_app.services import api_client_create
 from tests.support.console import make_node, make_push, make_session
 
 pytestmark = pytest.mark.django_db
@@ -72,6 +74,9 @@ def test_dashboard_queries_do_not_grow_with_rows(operator, url_name):
     first = make_node("n0")
     make_session("s0", "u0", first)
     make_push(["u0"], delivered={"n0": (1, 1)})
+    counter = RejectionCounter(node_id="n0")
+    counter.count(client_id=None, status=401, code="unauthorized", detail="who?")
+    counter.write(counter.take())
     small = _queries(operator, url)
 
     for i in range(1, 8):
@@ -82,11 +87,49 @@ def test_dashboard_queries_do_not_grow_with_rows(operator, url_name):
         make_push([f"u{i % 5}"], age=timedelta(minutes=i),
                   status=PushStatus.FAILED if i % 7 == 0 else PushStatus.DELIVERED,
                   delivered={f"n{i % 8}": (1, 1)})
+    for i in range(6):
+        client, _ = api_client_create(name=f"client-{i}")
+        for status in (400, 401, 413, 429):
+            counter.count(client_id=client.pk, status=status, code="x", detail="y")
+    counter.count(client_id=None, status=401, code="unauthorized", detail="who?")
+    counter.write(counter.take())
     large = _queries(operator, url)
 
     assert large == small
-    # The request's session and user, then the dashboard's seven aggregate queries.
-    assert large <= 9, large
+    # The request's session and user, then the dashboard's nine aggregate queries.
+    assert large <= 11, large
+
+
+def test_rejected_requests_show_per_client_with_the_last_error(operator):
+    api_client_create(name="quiet")
+    billing, _ = api_client_create(name="billing")
+    counter = RejectionCounter(node_id="node-a")
+    counter.count(client_id=billing.pk, status=429, code="rate_limited", detail="slow")
+    counter.count(client_id=billing.pk, status=400, code="invalid",
+                  detail="users: not a user id")
+    counter.count(client_id=None, status=401, code="unauthorized", detail="unknown key")
+    counter.write(counter.take())
+
+    html = operator.get(reverse("admin:console_live")).content.decode()
+    assert "Rejected requests, last hour" in html
+    card = html.split("Rejected requests, last hour")[0].rsplit("<div", 1)[1]
+    assert "console-card-bad" in card
+    section = html.split('id="console-rejections"')[1]
+    assert reverse("admin:push_app_apiclient_change", args=[billing.pk]) in section
+    assert "400 invalid: users: not a user id" in section
+    assert "unauthenticated" in section and "quiet" not in section
+    data = operator.get(reverse("admin:console_json")).json()
+    assert [(r["client"], r["total"]) for r in data["rejected_last_hour"]] == [
+        ("billing", 2), ("unauthenticated", 1)]
+    assert data["rejected_last_hour"][0]["by_status"]["429"] == 1
+
+
+def test_no_rejections_is_not_highlighted(operator):
+    html = operator.get(reverse("admin:console_live")).content.decode()
+    assert "No API request was rejected in the last hour." in html
+    assert '<span class="console-card-label">Rejected requests, last hour</span>' in html
+    card = html.split("Rejected requests, last hour")[0].rsplit("<div", 1)[1]
+    assert "console-card-bad" not in card
 
 
 def test_dashboard_needs_view_permissions(client, django_user_model, node):

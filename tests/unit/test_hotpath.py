@@ -12,12 +12,14 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.test import override_settings
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from gateway_core import metrics
@@ -26,7 +28,8 @@ from gateway_core.middleware import bad_hosts
 from gateway_node.node import GatewayNode
 from push_app import services
 from push_app.api.hotpath import PushRoutes
-from push_app.models import ApiClient, PushLog
+from push_app.models import ApiClient, ApiRejections, PushLog
+from push_app.selectors import rejections_since
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -541,3 +544,74 @@ async def test_failed_authentication_costs_no_lookup_when_it_need_not(app, node,
     for _ in range(3):
         assert (await call(app, "/api/v1/push", GOOD, key=WELL_FORMED_UNKNOWN)).status == 401
     assert lookups == ["_look_up_key"], "an unknown key is remembered for a while"
+
+
+# --- refused requests are counted per client (issue #17) -----------------------------------
+
+BAD = b'{"users": [], "data": 1}'
+UNKNOWN_KEY = "gk_" + "x" * 40
+
+
+def drf_post(path: str, raw: bytes, key: str) -> int:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client.post(path, data=raw, content_type="application/json").status_code
+
+
+async def test_400_and_401_from_both_paths_are_counted_for_their_client(
+        app, node: GatewayNode):
+    billing, key = await new_key("billing")
+    await new_key("other")
+    assert (await call(app, "/api/v1/push", raw=BAD, key=key)).status == 400
+    assert (await call(app, "/api/v1/push", raw=BAD, key=UNKNOWN_KEY)).status == 401
+    assert await sync_to_async(drf_post)("/api/v1/push", BAD, key) == 400
+    assert await sync_to_async(drf_post)("/api/v1/push", BAD, UNKNOWN_KEY) == 401
+    assert (await call(app, "/api/v1/push", body={"users": ["u1"], "data": 1},
+                       key=key)).status == 202
+    assert await ApiRejections.objects.acount() == 0  # counted in memory only
+
+    await node.write_rejections()
+
+    rows = await sync_to_async(rejections_since)(since=timezone.now() - timedelta(hours=1))
+    by_name = {r.client_name: r for r in rows}
+    assert set(by_name) == {"billing", "unauthenticated"}
+    assert by_name["billing"].client_id == billing.pk
+    assert by_name["billing"].total == 2 and by_name["billing"].by_status["400"] == 2
+    assert by_name["billing"].last_code == "invalid"
+    assert by_name["unauthenticated"].total == 2
+    assert by_name["unauthenticated"].by_status["401"] == 2
+    assert by_name["unauthenticated"].last_status == 401
+
+
+async def test_a_failed_write_keeps_the_counts(app, node: GatewayNode, monkeypatch):
+    _, key = await new_key("billing")
+    await call(app, "/api/v1/push", raw=BAD, key=key)
+
+    write = node.rejections.write
+    failing = [True]
+
+    def flaky(taken):
+        if failing.pop():
+            raise RuntimeError("database down")
+        write(taken)
+
+    monkeypatch.setattr(node.rejections, "write", flaky)
+    with pytest.raises(RuntimeError):
+        await node.write_rejections()
+    failing.append(False)
+    await node.write_rejections()
+    assert [r.total async for r in ApiRejections.objects.all()] == [1]
+
+
+async def test_an_unknown_push_id_is_a_404_counted_for_its_client(node: GatewayNode):
+    billing, key = await new_key("billing")
+
+    def drf_get_missing() -> int:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        return client.get("/api/v1/push/p_missing").status_code
+
+    assert await sync_to_async(drf_get_missing)() == 404
+    await node.write_rejections()
+    row = await ApiRejections.objects.aget()
+    assert (row.client_id, row.s404, row.last_code) == (billing.pk, 1, "not_found")
