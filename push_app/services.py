@@ -25,6 +25,7 @@ from gateway_core.tokens import encode_token
 from push_app.errors import BrokerUnavailable, PushUnavailable
 from push_app.models import (
     ApiClient,
+    ApiRejections,
     AuditAction,
     AuditActor,
     AuditEvent,
@@ -237,6 +238,13 @@ def audit_record(*, actor_kind: AuditActor, actor: str, action: AuditAction, use
 
 
 # --- Retention ------------------------------------------------------------------------------
+
+def rejections_prune(*, before: datetime, dry_run: bool = False) -> int:
+    """Delete the per-minute counts of refused API requests older than ``before`` (one
+    statement: a minute row per client and node, a few thousand a day at most)."""
+    old = ApiRejections.objects.filter(minute__lt=before)
+    return old.count() if dry_run else old.delete()[0]
+
 
 def push_logs_prune(*, before: datetime, batch_size: int = 1000,
                     dry_run: bool = False) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
 
-from push_app.models import PushDelivery, PushLog, PushStatus
+from push_app.models import ApiRejections, PushDelivery, PushLog, PushStatus
 from sessions_app.models import Node, SessionRecord
 from tests.support.console import make_node, make_push, make_session
 
@@ -48,7 +48,8 @@ def run(*args: str) -> str:
 def test_prune_deletes_only_old_rows(history):
     rows, _ = history
     out = run()
-    assert "deleted: 2 push log(s) older than 7 d (1 delivery row(s))" in out
+    assert ("deleted: 2 push log(s) older than 7 d (1 delivery row(s), 0 rejection count(s))"
+            in out)
     assert set(PushLog.objects.values_list("id", flat=True)) == {
         rows["old_waiting"].id, rows["new_push"].id}  # an accepted push is never dropped
     assert list(PushDelivery.objects.values_list("push_id", flat=True)) == [rows["new_push"].id]
@@ -78,3 +79,15 @@ def test_days_from_options_and_settings(history):
 def test_negative_days_are_refused(db):
     with pytest.raises(CommandError, match="--push-days must be 0 or more"):
         run("--push-days", "-1")
+
+
+def test_old_rejection_counts_go_with_old_push_logs(db):
+    now = timezone.now()
+    for age_days in (10, 2):
+        ApiRejections.objects.create(node_id="n1", minute=now - timedelta(days=age_days),
+                                     total=3, s400=3)
+    assert "1 rejection count(s)" in run("--dry-run")
+    assert ApiRejections.objects.count() == 2
+    assert "1 rejection count(s)" in run()
+    assert [r.minute.date() for r in ApiRejections.objects.all()] == [
+        (now - timedelta(days=2)).date()]

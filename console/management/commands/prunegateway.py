@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from gateway_core.conf import gateway_settings
-from push_app.services import push_logs_prune
+from push_app.services import push_logs_prune, rejections_prune
 from sessions_app.services import nodes_prune, sessions_prune
 
 
@@ -56,8 +56,10 @@ class Command(BaseCommand):
         if push_days:
             logs, deliveries = push_logs_prune(before=now - timedelta(days=push_days),
                                                batch_size=max(1, batch_size), dry_run=dry_run)
+            rejections = rejections_prune(before=now - timedelta(days=push_days),
+                                          dry_run=dry_run)
             parts.append(f"{logs} push log(s) older than {push_days} d "
-                         f"({deliveries} delivery row(s))")
+                         f"({deliveries} delivery row(s), {rejections} rejection count(s))")
         if session_days:
             n = sessions_prune(closed_before=now - timedelta(days=session_days),
                                batch_size=max(1, batch_size), dry_run=dry_run)
