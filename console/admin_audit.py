@@ -7,19 +7,16 @@ of actor and actor; search by exact actor or user id.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from console.admin_site import user_url
+from console.admin_site import ReadOnlyAdmin, user_url
 from push_app.models import AuditEvent
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ("at", "actor_kind", "actor", "action", "user_link", "target_short",
                     "reason")
     list_filter = ("action", "actor_kind", "actor")
@@ -28,15 +25,6 @@ class AuditEventAdmin(admin.ModelAdmin):
     ordering = ("-at", "-id")
     date_hierarchy = None
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="user", ordering="user_id")
     def user_link(self, obj: AuditEvent) -> str:

@@ -129,34 +129,6 @@ class PushLogAdmin(admin.ModelAdmin):
             found = found | queryset.filter(users_contain_q(term))
         return found, may_have_duplicates
 
-    def _rejections(self, obj: ApiClient, hours: int) -> Rejections | None:
-        found = rejections_since(since=timezone.now() - timedelta(hours=hours),
-                                 client_id=obj.pk, one_client=True)
-        return found[0] if found else None
-
-    def _rejected(self, obj: ApiClient, hours: int) -> str:
-        found = self._rejections(obj, hours)
-        if found is None:
-            return "0"
-        parts = ", ".join(f"{label}: {n}" for label, n in found.by_status.items() if n)
-        return format_html('<span class="console-tone-bad">{}</span> ({})', found.total, parts)
-
-    @admin.display(description="rejected requests (1 h)")
-    def rejected_1h(self, obj: ApiClient) -> str:
-        return self._rejected(obj, 1)
-
-    @admin.display(description="rejected requests (24 h)")
-    def rejected_24h(self, obj: ApiClient) -> str:
-        return self._rejected(obj, 24)
-
-    @admin.display(description="last rejected request (24 h)")
-    def last_rejection(self, obj: ApiClient) -> str:
-        found = self._rejections(obj, 24)
-        if found is None or found.last_error_at is None:
-            return "none"
-        return format_html("{} {}: {} <small>at {}</small>", found.last_status,
-                           found.last_code, found.last_detail, when(found.last_error_at))
-
     def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
         return [

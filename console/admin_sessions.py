@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from console.admin_site import StrictActionsMixin, audit_operator, user_url
+from console.admin_site import ReadOnlyAdmin, StrictActionsMixin, audit_operator, user_url
 from console.when import when
 from gateway_core import bridge
 from gateway_core.tokens import valid_user_id
@@ -61,18 +61,6 @@ def _actor_id(request: HttpRequest) -> int:
     pk = request.user.pk
     assert pk is not None, "admin views only let signed-in staff through"
     return int(pk)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Retention is `manage.py prunegateway`'s job; a deleted live row would lie.
-        return False
 
 
 # --- Nodes --------------------------------------------------------------------------------

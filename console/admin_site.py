@@ -455,3 +455,17 @@ class StrictActionsMixin:
             if name in known and name not in self.get_actions(request):  # type: ignore[attr-defined]
                 raise PermissionDenied
         return super().changelist_view(request, extra_context)  # type: ignore[misc]
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows the system writes and operators only read (nodes, sessions, the audit trail)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Retention is `manage.py prunegateway`'s job; a deleted live row would lie.
+        return False
