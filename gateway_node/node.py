@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from channels.layers import get_channel_layer
 from django.db import close_old_connections, connections
@@ -44,12 +44,25 @@ from sessions_app.selectors import user_presence
 
 logger = logging.getLogger("gateway.node")
 T = TypeVar("T")
+C = TypeVar("C")
 Role = Literal["all", "web"]
 
 
 #: How long the node's loops get to end once cancelled before their broker is closed
 #: under them.
 STOP_WAIT_S = 2.0
+
+
+class _Counts(Protocol[C]):
+    """In-memory counts the node writes once a second (the delivery ledger, refused API
+    requests): ``take`` what changed, ``write`` it in a database thread, ``untake`` it if
+    the write failed."""
+
+    def take(self) -> C: ...
+
+    def write(self, taken: C) -> None: ...
+
+    def untake(self, taken: C) -> None: ...
 
 
 class GatewayNode:
@@ -193,20 +206,22 @@ class GatewayNode:
                 logger.exception("housekeeping round failed; next one in %.0f s", self.tick_s)
 
     async def write_ledger(self) -> None:
-        changed = self.ledger.take()
-        try:
-            await self.db(self.ledger.write, changed)
-        except BaseException:
-            # Not written (database error, or cancelled by ``stop``): the next write has it.
-            self.ledger.untake(changed)
-            raise
+        await self._write_taken(self.ledger)
 
     async def write_rejections(self) -> None:
-        taken = self.rejections.take()
+        await self._write_taken(self.rejections)
+
+    async def _write_taken(self, counts: _Counts[Any]) -> None:
+        """Write what ``counts`` gathered in memory since the last write, on the database
+        thread; nothing to write, no database round trip."""
+        taken = counts.take()
+        if not taken:
+            return
         try:
-            await self.db(self.rejections.write, taken)
+            await self.db(counts.write, taken)
         except BaseException:
-            self.rejections.untake(taken)  # the next write has them
+            # Not written (database error, or cancelled by ``stop``): the next write has it.
+            counts.untake(taken)
             raise
 
     async def record(self, *, now: float, stopping: bool = False) -> None:
