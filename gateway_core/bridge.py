@@ -18,8 +18,10 @@ What it guarantees:
   A disconnect order (a ``ControlMessage``) is not stored: at most once.
 - ``backlog()`` is the number of messages the relay holds unpublished; callers refuse new
   pushes past ``push_app.services.MAX_RELAY_BACKLOG``.
-- ``user_presence(user_id)`` is the user's live connections across the cluster: this
-  node's from memory, other live nodes' from the database.
+- ``user_presence(user_id, app)`` is the live connections of the user of ``app`` across
+  the cluster: this node's from memory, other live nodes' from the database.
+- ``app_limits()`` is the node's per-app limits (``gateway_core.tenancy.AppLimits``), which
+  the DRF push views spend from as the hot path does.
 - ``rate_limits()`` is the node's request budgets (``gateway_core.ratelimit.RateLimits``),
   which the DRF throttle and authentication spend from.
 - ``rejected(client_id=…, status=…, code=…, detail=…)`` counts a request the API refused
@@ -38,6 +40,7 @@ from typing import Any, Protocol
 
 from gateway_core.messages import Message
 from gateway_core.ratelimit import RateLimits
+from gateway_core.tenancy import DEFAULT_APP, AppLimits
 
 Submit = Callable[[Message], None]
 
@@ -55,21 +58,22 @@ class BridgeNotInstalled(RuntimeError):
 class _Handles:
     submit: Submit
     backlog: Callable[[], int]
-    user_presence: Callable[[str], dict[str, Any]]
+    user_presence: Callable[[str, str], dict[str, Any]]
     rate_limits: RateLimits
     rejected: Rejected
+    app_limits: AppLimits
 
 
 _handles: _Handles | None = None
 
 
 def install(*, submit: Submit, backlog: Callable[[], int],
-            user_presence: Callable[[str], dict[str, Any]], rate_limits: RateLimits,
-            rejected: Rejected) -> None:
+            user_presence: Callable[[str, str], dict[str, Any]], rate_limits: RateLimits,
+            rejected: Rejected, app_limits: AppLimits) -> None:
     """Called by the node that becomes this process's node; replaces any earlier one."""
     global _handles
     _handles = _Handles(submit=submit, backlog=backlog, user_presence=user_presence,
-                        rate_limits=rate_limits, rejected=rejected)
+                        rate_limits=rate_limits, rejected=rejected, app_limits=app_limits)
 
 
 def uninstall() -> None:
@@ -101,9 +105,15 @@ def backlog() -> int:
     return _installed().backlog()
 
 
-def user_presence(user_id: str) -> dict[str, Any]:
-    """The user's live connections on every node (the REST API's presence answer)."""
-    return _installed().user_presence(user_id)
+def user_presence(user_id: str, app: str = DEFAULT_APP) -> dict[str, Any]:
+    """The live connections of the user of ``app`` on every node (the REST API's presence
+    answer)."""
+    return _installed().user_presence(user_id, app)
+
+
+def app_limits() -> AppLimits:
+    """The installed node's per-app limits (the DRF push views)."""
+    return _installed().app_limits
 
 
 def rate_limits() -> RateLimits:

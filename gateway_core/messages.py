@@ -2,6 +2,12 @@
 
 A push's ``data`` is serialised once, when the API accepts it, and travels as that JSON
 text; each node builds the client frame from it once per push, never once per recipient.
+
+Every push and order belongs to one app (PROTOCOL.md section 9). A message of the app
+``default`` is encoded exactly as before apps existed (version 1, no ``app`` field), so
+nodes of an older release keep delivering it during a rolling upgrade; a message of any
+other app is version 2, which older nodes skip as unknown rather than deliver to the
+``default`` user of the same id.
 """
 
 from __future__ import annotations
@@ -10,7 +16,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway_core.tenancy import DEFAULT_APP
+
 MESSAGE_VERSION = 1
+#: Messages of an app other than ``default`` (the field ``app``): see the module's note.
+APP_MESSAGE_VERSION = 2
 TAG_PUSH = "push"
 TAG_CONTROL = "control"
 KIND_PUSH_BATCH = "push_batch"
@@ -31,6 +41,7 @@ class PushMessage:
     # Set by the relay when it hands the push to the broker: how nodes tell a fresh
     # message from history that a new consumer group replays.
     published_ms: int | None = None
+    app: str = DEFAULT_APP
 
     tag = TAG_PUSH
 
@@ -57,6 +68,7 @@ class ControlMessage:
     session_ids: tuple[str, ...]
     reason: str
     issued_ms: int
+    app: str = DEFAULT_APP
 
     tag = TAG_CONTROL
     #: An order not published within this long is dropped: the moment it was for is gone.
@@ -69,9 +81,19 @@ class ControlMessage:
 Message = PushMessage | ControlMessage
 
 
+def _version(app: str) -> int:
+    return MESSAGE_VERSION if app == DEFAULT_APP else APP_MESSAGE_VERSION
+
+
+def _with_app(body: dict[str, Any], app: str) -> dict[str, Any]:
+    if app != DEFAULT_APP:
+        body["app"] = app
+    return body
+
+
 def _push_body(message: PushMessage) -> dict[str, Any]:
-    return {
-        "v": MESSAGE_VERSION,
+    return _with_app({
+        "v": _version(message.app),
         "kind": TAG_PUSH,
         "id": message.id,
         "users": None if message.users is None else list(message.users),
@@ -80,7 +102,7 @@ def _push_body(message: PushMessage) -> dict[str, Any]:
         "accepted_ms": message.accepted_ms,
         "expires_ms": message.expires_ms,
         "published_ms": message.published_ms,
-    }
+    }, message.app)
 
 
 def encode_batch(pushes: list[PushMessage]) -> bytes:
@@ -90,8 +112,12 @@ def encode_batch(pushes: list[PushMessage]) -> bytes:
     RocketMQ each broker message costs a signed gRPC send, a receive and an ack in Python on
     every node, which capped a node at a few hundred pushes a second. Nodes older than
     this kind skip it as unknown, so a cluster is upgraded all at once.
+
+    A batch holding a push of an app other than ``default`` is version 2 as a whole (the
+    relay keeps ``default`` pushes in batches of their own: ``same_version``).
     """
-    body = {"v": MESSAGE_VERSION, "kind": KIND_PUSH_BATCH,
+    version = max(_version(push.app) for push in pushes)
+    body = {"v": version, "kind": KIND_PUSH_BATCH,
             "pushes": [_push_body(push) for push in pushes]}
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -101,8 +127,8 @@ def encode(message: Message) -> bytes:
     if isinstance(message, PushMessage):
         body = _push_body(message)
     else:
-        body = {
-            "v": MESSAGE_VERSION,
+        body = _with_app({
+            "v": _version(message.app),
             "kind": TAG_CONTROL,
             "id": message.id,
             "action": message.action,
@@ -110,7 +136,7 @@ def encode(message: Message) -> bytes:
             "session_ids": list(message.session_ids),
             "reason": message.reason,
             "issued_ms": message.issued_ms,
-        }
+        }, message.app)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -143,7 +169,7 @@ def _load(raw: bytes | str) -> dict[str, Any]:
         raise BadMessage(f"not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadMessage("not a JSON object")
-    if body.get("v") != MESSAGE_VERSION:
+    if body.get("v") not in (MESSAGE_VERSION, APP_MESSAGE_VERSION):
         raise BadMessage(f"unsupported version {body.get('v')!r}")
     return body
 
@@ -160,6 +186,7 @@ def _decode_body(body: dict[str, Any]) -> Message:
                 accepted_ms=_int(body["accepted_ms"]),
                 expires_ms=_opt_int(body["expires_ms"]),
                 published_ms=_opt_int(body.get("published_ms")),
+                app=_app(body),
             )
         if body["kind"] == TAG_CONTROL and body["action"] == "disconnect":
             return ControlMessage(
@@ -169,10 +196,21 @@ def _decode_body(body: dict[str, Any]) -> Message:
                 session_ids=_str_tuple(body["session_ids"]),
                 reason=_str(body["reason"]),
                 issued_ms=_int(body["issued_ms"]),
+                app=_app(body),
             )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadMessage(f"missing or malformed field: {exc}") from exc
     raise BadMessage(f"unknown kind {body.get('kind')!r}")
+
+
+def same_version(a: Message, b: Message) -> bool:
+    """Whether two messages may share a batch: both of ``default``, or neither."""
+    return (a.app == DEFAULT_APP) == (b.app == DEFAULT_APP)
+
+
+def _app(body: dict[str, Any]) -> str:
+    app = body.get("app", DEFAULT_APP)
+    return _str(app)
 
 
 def _str(value: object) -> str:

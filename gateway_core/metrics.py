@@ -1,9 +1,11 @@
 """Prometheus metrics of the gateway (the list, and what each means: docs/monitoring.md).
 
 Every metric carries a ``node`` label so that a cluster's metrics stay apart even when
-scraped through one address. Labels are bounded: never a user id, session id or push id;
-close codes outside the known set count as ``other``; ``client`` is an API client's name,
-bounded by the clients an operator created.
+scraped through one address, and every metric that counts users, pushes or connections an
+``app`` label (PROTOCOL.md section 9). Labels are bounded: never a user id, session id or
+push id; close codes outside the known set count as ``other``; ``client`` is an API client's
+name and ``app`` an app's id, bounded by the clients and apps an operator created (a token
+naming an unknown app never becomes a label: it is refused first).
 
 Several processes, one node: with ``PROMETHEUS_MULTIPROC_DIR`` set (the same directory
 for every process of the node: daphne, ``runconsumer``), prometheus_client keeps each
@@ -53,17 +55,18 @@ if MULTIPROC_DIR:
 disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
 _N = ["node"]
+_NA = ["node", "app"]
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 # --- Connections -----------------------------------------------------------------------
 CONNECTIONS = Gauge(
-    "gateway_connections", "Open WebSocket connections.", _N, registry=REGISTRY,
+    "gateway_connections", "Open WebSocket connections, per app.", _NA, registry=REGISTRY,
     multiprocess_mode="livesum",
 )
 USERS = Gauge(
     "gateway_users",
-    "Users with at least one open connection (summed over a node's web processes).", _N,
-    registry=REGISTRY, multiprocess_mode="livesum",
+    "Users with at least one open connection, per app (summed over a node's web processes).",
+    _NA, registry=REGISTRY, multiprocess_mode="livesum",
 )
 CONNECTIONS_CEILING = Gauge(
     "gateway_connections_ceiling",
@@ -71,18 +74,18 @@ CONNECTIONS_CEILING = Gauge(
     registry=REGISTRY, multiprocess_mode="livemax",
 )
 CONNECTS = Counter(
-    "gateway_connects_total", "Accepted, authenticated connections.", _N, registry=REGISTRY
+    "gateway_connects_total", "Accepted, authenticated connections.", _NA, registry=REGISTRY
 )
 DISCONNECTS = Counter(
-    "gateway_disconnects_total", "Closed connections by close code.", [*_N, "code"],
+    "gateway_disconnects_total", "Closed connections by close code.", [*_NA, "code"],
     registry=REGISTRY,
 )
 AUTH_FAILURES = Counter(
     "gateway_auth_failures_total", "Handshakes closed with 4001.", _N, registry=REGISTRY
 )
 HEARTBEAT_TIMEOUTS = Counter(
-    "gateway_heartbeat_timeouts_total", "Connections closed by the heartbeat sweep (4008).", _N,
-    registry=REGISTRY,
+    "gateway_heartbeat_timeouts_total", "Connections closed by the heartbeat sweep (4008).",
+    _NA, registry=REGISTRY,
 )
 FRAMES = Counter(
     "gateway_frames_received_total", "Client frames by type (ping, ack, bad_ack, bad, binary).",
@@ -94,7 +97,7 @@ PUSHES = Counter(
     "gateway_pushes_total",
     "Pushes through the API by API client and status (accepted, repeated, rejected: "
     "invalid, unavailable: 503).",
-    [*_N, "client", "status"], registry=REGISTRY,
+    [*_NA, "client", "status"], registry=REGISTRY,
 )
 PUBLISHED = Counter(
     "gateway_broker_published_total", "Messages the broker accepted.", _N, registry=REGISTRY
@@ -136,12 +139,12 @@ SKIPPED = Counter(
     registry=REGISTRY,
 )
 DELIVERIES = Counter(
-    "gateway_deliveries_total", "Push frames written to connections.", _N, registry=REGISTRY
+    "gateway_deliveries_total", "Push frames written to connections.", _NA, registry=REGISTRY
 )
 PUSH_LATENCY = Histogram(
     "gateway_push_latency_seconds",
     "From acceptance by the API to the frame handed to the socket, per push and node.",
-    _N,
+    _NA,
     registry=REGISTRY,
     buckets=_LATENCY_BUCKETS,
 )
@@ -187,7 +190,7 @@ MESSAGE_KINDS = ("push", "control")
 PUSH_STATUSES = ("accepted", "repeated", "rejected", "unavailable")
 #: Close codes counted under their own label; any other code counts as ``other``.
 KNOWN_CLOSE_CODES = frozenset(
-    [*range(1000, 1016), 4001, 4008, 4009, 4010, 4012, 4013, 4029, 4030]
+    [*range(1000, 1016), 4001, 4003, 4008, 4009, 4010, 4011, 4012, 4013, 4029, 4030]
 )
 
 
@@ -196,14 +199,30 @@ def close_code_label(code: int) -> str:
     return str(code) if code in KNOWN_CLOSE_CODES else "other"
 
 
+class AppMetrics:
+    """The children of the per-app metrics of one node and app, resolved once."""
+
+    __slots__ = ("connects", "deliveries", "heartbeat_timeouts", "push_latency")
+
+    def __init__(self, node_id: str, app: str) -> None:
+        self.connects = CONNECTS.labels(node_id, app)
+        self.heartbeat_timeouts = HEARTBEAT_TIMEOUTS.labels(node_id, app)
+        self.deliveries = DELIVERIES.labels(node_id, app)
+        self.push_latency = PUSH_LATENCY.labels(node_id, app)
+
+
+#: The app every v1 install has (``gateway_core.tenancy.DEFAULT_APP``): its series exist from
+#: the start.
+_DEFAULT_APP = "default"
+
+
 class NodeMetrics:
     """The children of every per-node metric for one node, resolved once."""
 
     def __init__(self, node_id: str) -> None:
         n = self.node_id = node_id
-        self.connects = CONNECTS.labels(n)
+        self._apps: dict[str, AppMetrics] = {}
         self.auth_failures = AUTH_FAILURES.labels(n)
-        self.heartbeat_timeouts = HEARTBEAT_TIMEOUTS.labels(n)
         self.frames = {kind: FRAMES.labels(n, kind) for kind in FRAME_TYPES}
         self.published = PUBLISHED.labels(n)
         self.publish_errors = BROKER_ERRORS.labels(n, "publish")
@@ -212,29 +231,36 @@ class NodeMetrics:
         self.consumed = {kind: CONSUMED.labels(n, kind) for kind in MESSAGE_KINDS}
         self.forwarded = FORWARDED.labels(n)
         self.skipped = {reason: SKIPPED.labels(n, reason) for reason in SKIP_REASONS}
-        self.deliveries = DELIVERIES.labels(n)
-        self.push_latency = PUSH_LATENCY.labels(n)
+        self.app(_DEFAULT_APP)
         self.channel_layer_lag = CHANNEL_LAYER_LAG.labels(n)
         self.session_failures = {
             where: SESSION_FAILURES.labels(n, where) for where in ("write", "handler")
         }
-        self._disconnects: dict[int, Any] = {}
+        self._disconnects: dict[tuple[str, int], Any] = {}
 
-    def disconnect(self, code: int) -> None:
-        child = self._disconnects.get(code)
+    def app(self, app: str) -> AppMetrics:
+        """The per-app children for ``app`` (a dict lookup once made)."""
+        children = self._apps.get(app)
+        if children is None:
+            children = self._apps[app] = AppMetrics(self.node_id, app)
+        return children
+
+    def disconnect(self, code: int, app: str = _DEFAULT_APP) -> None:
+        child = self._disconnects.get((app, code))
         if child is None:
-            child = DISCONNECTS.labels(self.node_id, close_code_label(code))
-            if len(self._disconnects) < 256:
-                self._disconnects[code] = child
+            child = DISCONNECTS.labels(self.node_id, app, close_code_label(code))
+            if len(self._disconnects) < 4096:
+                self._disconnects[(app, code)] = child
         child.inc()
 
     def frame(self, kind: str) -> None:
         child = self.frames.get(kind)
         (child if child is not None else FRAMES.labels(self.node_id, kind)).inc()
 
-    def push(self, client: str, status: str, amount: int = 1) -> None:
+    def push(self, client: str, status: str, amount: int = 1,
+             app: str = _DEFAULT_APP) -> None:
         """API outcomes (per request, not a hot path); ``amount`` 0 still creates the series."""
-        PUSHES.labels(self.node_id, client, status).inc(amount)
+        PUSHES.labels(self.node_id, app, client, status).inc(amount)
 
 
 @functools.cache
@@ -247,21 +273,30 @@ def bound(node_id: str) -> NodeMetrics:
 _samplers: dict[str, Callable[[], None]] = {}
 
 
-def bind_gauges(node_id: str, *, connections: Callable[[], float], users: Callable[[], float],
+def bind_gauges(node_id: str, *, by_app: Callable[[], dict[str, tuple[int, int]]],
                 backlog: Callable[[], float],
                 oldest_age_s: Callable[[], float] = lambda: 0.0) -> None:
     """Gauges set from the node's live state before every scrape and every half second
-    (``watch_event_loop``); a later call for the same node replaces the earlier one."""
+    (``watch_event_loop``); a later call for the same node replaces the earlier one.
+
+    ``by_app`` gives ``app: (connections, users)`` for the apps with a session here; an
+    app seen before and gone since reads 0, not its last value.
+    """
     children = (
-        (CONNECTIONS.labels(node_id), connections),
-        (USERS.labels(node_id), users),
         (RELAY_BACKLOG.labels(node_id), backlog),
         (RELAY_OLDEST.labels(node_id), oldest_age_s),
     )
+    seen: set[str] = {_DEFAULT_APP}
 
     def sample() -> None:
         for gauge, read in children:
             gauge.set(read())
+        counts = by_app()
+        seen.update(counts)
+        for app in seen:
+            connections, users = counts.get(app, (0, 0))
+            CONNECTIONS.labels(node_id, app).set(connections)
+            USERS.labels(node_id, app).set(users)
 
     _samplers[node_id] = sample
     sample()

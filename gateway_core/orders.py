@@ -13,23 +13,27 @@ import uuid
 
 from gateway_core.bridge import Submit
 from gateway_core.messages import ControlMessage
+from gateway_core.tenancy import DEFAULT_APP
 
 
-def user_disconnect(*, user_id: str, reason: str, submit: Submit) -> ControlMessage:
-    """Order every node to close the user's connections with 4010."""
-    return _control(users=(user_id,), session_ids=(), reason=reason, submit=submit)
+def user_disconnect(*, user_id: str, reason: str, submit: Submit,
+                    app: str = DEFAULT_APP) -> ControlMessage:
+    """Order every node to close the connections of the user of ``app`` with 4010."""
+    return _control(users=(user_id,), session_ids=(), reason=reason, submit=submit, app=app)
 
 
-def sessions_disconnect(*, session_ids: list[str], reason: str, submit: Submit) -> ControlMessage:
-    """Order whichever nodes hold these sessions to close them with 4010."""
-    return _control(users=(), session_ids=tuple(session_ids), reason=reason, submit=submit)
+def sessions_disconnect(*, session_ids: list[str], reason: str, submit: Submit,
+                        app: str = DEFAULT_APP) -> ControlMessage:
+    """Order whichever nodes hold these sessions of ``app`` to close them with 4010."""
+    return _control(users=(), session_ids=tuple(session_ids), reason=reason, submit=submit,
+                    app=app)
 
 
 def _control(*, users: tuple[str, ...], session_ids: tuple[str, ...], reason: str,
-             submit: Submit) -> ControlMessage:
+             submit: Submit, app: str) -> ControlMessage:
     message = ControlMessage(
         id=f"c{uuid.uuid4().hex[:31]}", action="disconnect", users=users,
-        session_ids=session_ids, reason=reason, issued_ms=int(time.time() * 1000),
+        session_ids=session_ids, reason=reason, issued_ms=int(time.time() * 1000), app=app,
     )
     submit(message)
     return message

@@ -31,16 +31,18 @@ from gateway_core.brokers import BaseBroker, create_broker
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import Message
 from gateway_core.ratelimit import RateLimits
+from gateway_core.tenancy import DEFAULT_APP, AppDirectory, AppInfo, AppLimits
 from gateway_node.supervisor import LoopFactory, Supervised
 from push_app.ledger import DeliveryLedger
 from push_app.rejections import RejectionCounter
 from push_app.relay import Relay
+from push_app.tenancy import app_infos
 from push_app.writer import PushWriter
 from sessions_app.delivery import ChannelLayerListener, Deliverer
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder, dead_node_ids
 from sessions_app.registry import SessionManager
-from sessions_app.selectors import user_presence
+from sessions_app.selectors import app_loads, user_presence
 
 logger = logging.getLogger("gateway.node")
 T = TypeVar("T")
@@ -76,6 +78,11 @@ class GatewayNode:
         self.started_at = time.time()
         self.autostart = True
         self.registry = SessionManager()
+        #: The apps this node knows (reloaded at each beat; the default app from the start,
+        #: so a v1 node needs no query to take its first connection).
+        self.apps = AppDirectory(
+            [AppInfo(id=DEFAULT_APP, secrets=(gateway_settings.jwt_secret,))])
+        self.app_limits = AppLimits(self.apps)
         self.recorder = SessionRecorder(
             node_id=self.node_id, address=address, broker=gateway_settings.broker,
             started_at=self.started_at, node_timeout_s=gateway_settings.node_timeout_s,
@@ -108,8 +115,7 @@ class GatewayNode:
         self.loop: asyncio.AbstractEventLoop | None = None
         metrics.bind_gauges(
             self.node_id,
-            connections=lambda: len(self.registry),
-            users=lambda: self.registry.user_count,
+            by_app=self.registry.counts_by_app,
             backlog=lambda: self.relay.backlog,
             oldest_age_s=self.relay.oldest_age_s,
         )
@@ -118,7 +124,7 @@ class GatewayNode:
         """Make this node the one sync code reaches through ``gateway_core.bridge``."""
         bridge.install(submit=self.submit_threadsafe, backlog=lambda: self.relay.backlog,
                        user_presence=self.user_presence, rate_limits=self.rate_limits,
-                       rejected=self.rejections.count)
+                       rejected=self.rejections.count, app_limits=self.app_limits)
 
     def submit_threadsafe(self, message: Message) -> None:
         """Hand a message to the relay from another thread (looked up per call: tests
@@ -129,9 +135,27 @@ class GatewayNode:
         """A client acknowledged a push delivered here: counted in the ledger."""
         self.ledger.acked(push_id)
 
-    def user_presence(self, user_id: str) -> dict[str, Any]:
+    def user_presence(self, user_id: str, app: str = DEFAULT_APP) -> dict[str, Any]:
         return user_presence(user_id=user_id, node_id=self.node_id, registry=self.registry,
-                             node_timeout_s=gateway_settings.node_timeout_s)
+                             node_timeout_s=gateway_settings.node_timeout_s, app=app)
+
+    def app_secrets(self, app: str) -> tuple[str, ...] | None:
+        """The secrets that verify tokens of ``app``, or None for an app not known here."""
+        info = self.apps.get(app)
+        return None if info is None else info.secrets
+
+    def app_connection_allowed(self, app: str) -> bool:
+        """Whether ``app`` is under its ``max_connections`` across the cluster."""
+        return self.app_limits.connection_allowed(app, self.registry.connections_of(app))
+
+    async def reload_apps(self, *, on_miss: bool = False) -> None:
+        """Reload the apps (secrets, limits) and the other nodes' per-app load. On a token
+        naming an unknown app (``on_miss``), at most once a second."""
+        if on_miss and not self.apps.may_reload_on_miss():
+            return
+        infos, loads = await self.db(_apps_and_loads, self.node_id)
+        self.apps.replace(infos)
+        self.app_limits.others = loads
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the node's database thread."""
@@ -149,6 +173,7 @@ class GatewayNode:
         self.loop = asyncio.get_running_loop()
         self.writer.reopen()
         await self.db(self.recorder.start)
+        await self.reload_apps()
         await self.broker.start()
         self._spawn("relay", self.relay.run)
         self._spawn("housekeeping", self._housekeeping)
@@ -200,6 +225,7 @@ class GatewayNode:
                 if now - last_record >= gateway_settings.record_interval_s:
                     last_record = now
                     await self.record(now=now)
+                    await self.reload_apps()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -225,7 +251,8 @@ class GatewayNode:
             raise
 
     async def record(self, *, now: float, stopping: bool = False) -> None:
-        snapshot = self.recorder.snapshot(self.registry, now=now, stopping=stopping)
+        snapshot = self.recorder.snapshot(self.registry, now=now, stopping=stopping,
+                                          push_rates=self.app_limits.beat())
         await self.db(self.recorder.write, snapshot)
 
     async def stop(self) -> None:
@@ -255,6 +282,11 @@ class GatewayNode:
             logger.exception("final database write failed")
         await self.broker.close()
         logger.info("node %s stopped; drained %d connection(s)", self.node_id, drained)
+
+
+def _apps_and_loads(node_id: str) -> tuple[list[AppInfo], dict[str, Any]]:
+    """On the database thread: every app, and the other live nodes' per-app load."""
+    return app_infos(), app_loads(exclude=node_id, timeout_s=gateway_settings.node_timeout_s)
 
 
 def _with_fresh_connection(fn: Callable[..., T], args: tuple[Any, ...]) -> T:

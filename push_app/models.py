@@ -1,14 +1,54 @@
-"""API clients and the push log."""
+"""Apps, API clients and the push log."""
 
 from __future__ import annotations
 
 from django.db import models
 
+from gateway_core.tenancy import ALL_SCOPES, DEFAULT_APP
+
+
+class App(models.Model):
+    """One business system's space (PROTOCOL.md section 9): its users, client-token
+    secrets, API keys and limits. ``default`` exists from the migration that made apps;
+    its client-token secret is ``GATEWAY_JWT_SECRET``, so the columns stay empty for it.
+
+    Secrets are stored as they are, not hashed: a node needs the secret itself to check a
+    token's signature, as it needs ``GATEWAY_JWT_SECRET`` (docs/security.md).
+    """
+
+    id = models.CharField(primary_key=True, max_length=64, verbose_name="app id")
+    name = models.CharField(max_length=100, blank=True)
+    secret = models.CharField(max_length=128, blank=True, editable=False)
+    previous_secret = models.CharField(max_length=128, blank=True, editable=False)
+    secret_rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    max_connections = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Open connections across the cluster; past it a new one is closed with "
+                  "4003. Empty: no limit.")
+    pushes_per_second = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Pushes per second across the cluster; past it the API answers 429. "
+                  "Empty: no limit.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "app"
+
+    def __str__(self) -> str:
+        return self.id
+
 
 class ApiClient(models.Model):
-    """A business system that may call the REST API. Its key is stored hashed."""
+    """A business system's key to the REST API, in one app, with scopes. Stored hashed."""
 
     name = models.CharField(max_length=100, unique=True)
+    # ``db_default``: a node of the release before apps, writing during a rolling upgrade,
+    # makes clients of ``default`` with every scope, as it always did.
+    app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="api_clients",
+                            default=DEFAULT_APP, db_default=DEFAULT_APP)
+    scopes = models.CharField(max_length=64, default=ALL_SCOPES, db_default=ALL_SCOPES,
+                              help_text="Comma-separated: push, presence, manage.")
     key_prefix = models.CharField(max_length=16, unique=True, editable=False)
     key_hash = models.CharField(max_length=64, editable=False)
     is_active = models.BooleanField(default=True)
@@ -25,6 +65,10 @@ class ApiClient(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def scope_list(self) -> tuple[str, ...]:
+        return tuple(part for part in self.scopes.split(",") if part)
+
 
 class PushStatus(models.TextChoices):
     ACCEPTED = "accepted"
@@ -40,6 +84,9 @@ class PushLog(models.Model):
     client = models.ForeignKey(
         ApiClient, null=True, blank=True, on_delete=models.SET_NULL, related_name="pushes"
     )
+    # The app id, not a foreign key: a push outlives an app deleted after it.
+    app = models.CharField(max_length=64, default=DEFAULT_APP, db_default=DEFAULT_APP,
+                           db_index=True)
     status = models.CharField(
         max_length=16, choices=PushStatus.choices, default=PushStatus.ACCEPTED
     )

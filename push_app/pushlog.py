@@ -17,7 +17,7 @@ from push_app.validation import PushRequest
 COLUMNS = (
     "id", "client_id", "status", "broadcast", "users", "target_count", "topic", "data_json",
     "payload_bytes", "idempotency_key", "ttl_s", "expires_at", "accepted_node", "created_at",
-    "published_at", "delivered", "acked", "error",
+    "published_at", "delivered", "acked", "error", "app",
 )
 #: Places in a row of the values a database may need prepared (JSON, datetimes).
 USERS = COLUMNS.index("users")
@@ -26,7 +26,7 @@ CREATED_AT = COLUMNS.index("created_at")
 
 
 def log_row(req: PushRequest, *, push_id: str, client_id: int | None, now: datetime,
-            node_id: str) -> list[Any]:
+            node_id: str, app: str) -> list[Any]:
     """The row of a push accepted at ``now``, as Python values in ``COLUMNS`` order."""
     users = req.users
     return [
@@ -34,15 +34,15 @@ def log_row(req: PushRequest, *, push_id: str, client_id: int | None, now: datet
         [] if users is None else list(users), 0 if users is None else len(users),
         req.topic, req.data_json, len(req.data_json.encode()), req.idempotency_key, req.ttl_s,
         now + timedelta(seconds=req.ttl_s) if req.ttl_s else None, node_id, now,
-        None, 0, 0, "",
+        None, 0, 0, "", app,
     ]
 
 
 def build_log(client: ApiClient | None, req: PushRequest, *, push_id: str, now: datetime,
-              node_id: str) -> PushLog:
-    """An unsaved ``PushLog`` of a push accepted at ``now``."""
+              node_id: str, app: str) -> PushLog:
+    """An unsaved ``PushLog`` of a push accepted at ``now``, in ``app`` (the client's)."""
     log = PushLog(**dict(zip(COLUMNS, log_row(
         req, push_id=push_id, client_id=None if client is None else client.pk, now=now,
-        node_id=node_id), strict=True)))
+        node_id=node_id, app=app), strict=True)))
     log.client = client
     return log

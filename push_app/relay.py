@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from gateway_core import metrics
 from gateway_core.brokers.base import BaseBroker, BrokerUnavailable
-from gateway_core.messages import Message, PushMessage
+from gateway_core.messages import Message, PushMessage, same_version
 from push_app.models import PushLog, PushStatus
 from push_app.services import push_message
 
@@ -195,7 +195,8 @@ class Relay:
 
     def _groups(self, batch: list[Message]) -> list[list[Message]]:
         """What goes out as one broker message: runs of pushes up to the broker's
-        ``max_batch_pushes`` and ``MAX_BATCH_BYTES``; every control order on its own."""
+        ``max_batch_pushes`` and ``MAX_BATCH_BYTES``; every control order on its own; the
+        app ``default``'s pushes apart from other apps' (``messages.same_version``)."""
         most = self.broker.max_batch_pushes
         if most <= 1:
             return [[message] for message in batch]
@@ -210,7 +211,8 @@ class Relay:
                 groups.append([message])
                 continue
             push_size = len(message.data_json) + PUSH_ENVELOPE_BYTES
-            if group and (len(group) >= most or size + push_size > MAX_BATCH_BYTES):
+            if group and (len(group) >= most or size + push_size > MAX_BATCH_BYTES
+                          or not same_version(group[0], message)):
                 groups.append(group)
                 group, size = [], 0
             group.append(message)

@@ -26,7 +26,7 @@ from push_app.models import (
 
 def push_get(*, client: ApiClient, push_id: str) -> PushLog | None:
     """A push of this client's; other clients' pushes do not exist for it."""
-    return PushLog.objects.filter(id=push_id, client=client).first()
+    return PushLog.objects.filter(id=push_id, client=client, app=client.app_id).first()
 
 
 def push_describe(log: PushLog) -> dict[str, Any]:

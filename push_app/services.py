@@ -21,6 +21,7 @@ from django.utils import timezone
 from gateway_core.bridge import Submit
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import PushMessage
+from gateway_core.tenancy import DEFAULT_APP, SCOPES
 from gateway_core.tokens import encode_token
 from push_app.errors import BrokerUnavailable, PushUnavailable
 from push_app.models import (
@@ -34,6 +35,7 @@ from push_app.models import (
     PushStatus,
 )
 from push_app.pushlog import build_log
+from push_app.tenancy import app_get, app_signing_secret
 from push_app.validation import PushRequest, TokenRequest, push_request
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -57,6 +59,7 @@ def push_message(log: PushLog) -> PushMessage:
         topic=log.topic,
         accepted_ms=int(log.created_at.timestamp() * 1000),
         expires_ms=int(log.expires_at.timestamp() * 1000) if log.expires_at else None,
+        app=log.app,
     )
 
 
@@ -68,9 +71,9 @@ def check_relay_capacity(backlog: int) -> None:
             f"the broker is unreachable and {backlog} pushes already wait for it")
 
 
-def _build_log(client: ApiClient | None, req: PushRequest, now: datetime) -> PushLog:
+def _build_log(client: ApiClient | None, req: PushRequest, now: datetime, app: str) -> PushLog:
     return build_log(client, req, push_id=new_push_id(now.timestamp()), now=now,
-                     node_id=gateway_settings.node_id)
+                     node_id=gateway_settings.node_id, app=app)
 
 
 def _existing(client: ApiClient | None, key: str | None, now: datetime) -> PushLog | None:
@@ -87,16 +90,20 @@ def _existing(client: ApiClient | None, key: str | None, now: datetime) -> PushL
 
 
 def push_create(*, client: ApiClient | None, req: PushRequest, submit: Submit,
-                backlog: int = 0) -> tuple[PushLog, bool]:
+                backlog: int = 0, app: str = DEFAULT_APP) -> tuple[PushLog, bool]:
     """Store one push and queue it for the broker; ``(log, False)`` for a repeated key."""
-    return push_create_many(client=client, reqs=[req], submit=submit, backlog=backlog)[0]
+    return push_create_many(client=client, reqs=[req], submit=submit, backlog=backlog,
+                            app=app)[0]
 
 
 def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submit: Submit,
-                     backlog: int = 0) -> list[tuple[PushLog, bool]]:
-    """Store several pushes in one transaction (one commit for a whole batch)."""
+                     backlog: int = 0, app: str = DEFAULT_APP) -> list[tuple[PushLog, bool]]:
+    """Store several pushes in one transaction (one commit for a whole batch), in the
+    client's app (``app`` only for a push without a client: the console's)."""
     check_relay_capacity(backlog)
     now = timezone.now()
+    if client is not None:
+        app = str(client.app_id)
     results: list[tuple[PushLog, bool]] = []
     try:
         with transaction.atomic():
@@ -105,7 +112,7 @@ def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submi
                 if existing is not None:
                     results.append((existing, False))
                     continue
-                log = _build_log(client, req, now)
+                log = _build_log(client, req, now, app)
                 if req.idempotency_key is None:
                     log.save(force_insert=True)
                 else:
@@ -128,10 +135,10 @@ def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submi
     return results
 
 
-def token_create(req: TokenRequest) -> tuple[str, int]:
-    return encode_token(
-        user_id=req.user_id, ttl_s=req.ttl_s, secret=gateway_settings.jwt_secret, meta=req.meta
-    )
+def token_create(req: TokenRequest, *, app: str = DEFAULT_APP) -> tuple[str, int]:
+    """A client token for a user of ``app`` (the caller's), signed with its current secret."""
+    return encode_token(user_id=req.user_id, ttl_s=req.ttl_s, secret=app_signing_secret(app),
+                        meta=req.meta, app_id=app)
 
 
 # --- API keys ---------------------------------------------------------------------------
@@ -145,9 +152,11 @@ def api_key_hash(key: str) -> str:
 _hash_key = api_key_hash
 
 
-def api_client_create(*, name: str) -> tuple[ApiClient, str]:
-    """A new client and its key; the key is shown once and stored hashed."""
-    client = ApiClient(name=name)
+def api_client_create(*, name: str, app: str = DEFAULT_APP,
+                      scopes: tuple[str, ...] = SCOPES) -> tuple[ApiClient, str]:
+    """A new client of ``app`` with ``scopes`` and its key; the key is shown once and stored
+    hashed. ``App.DoesNotExist`` for an unknown app."""
+    client = ApiClient(name=name, app=app_get(app), scopes=",".join(scopes))
     key = _assign_key(client)
     client.save()
     return client, key

@@ -45,6 +45,7 @@ from typing import Any
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from gateway_core.messages import Message, PushMessage
+from gateway_core.tenancy import DEFAULT_APP, SCOPES
 from push_app import services
 from push_app.errors import PushUnavailable
 from push_app.models import ApiClient, PushLog
@@ -66,6 +67,8 @@ class ClientRef:
     pk: int
     name: str
     key_hash: str
+    app: str = DEFAULT_APP
+    scopes: tuple[str, ...] = SCOPES
 
 
 class ClientRevoked(Exception):
@@ -279,9 +282,10 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
             for req in reqs:
                 push_id = id_prefix + randomness[drawn:drawn + 20]
                 drawn += 20
+                app = DEFAULT_APP if client is None else client.app
                 row = log_row(req, push_id=push_id,
                               client_id=None if client is None else client.pk, now=now,
-                              node_id=node_id)
+                              node_id=node_id, app=app)
                 expires = row[EXPIRES_AT]
                 users = req.users
                 try:
@@ -299,6 +303,7 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
                     id=push_id, users=users, data_json=req.data_json, topic=req.topic,
                     accepted_ms=accepted_ms,
                     expires_ms=None if expires is None else int(expires.timestamp() * 1000),
+                    app=app,
                 ))
             outcomes.append(messages)
         if rows:

@@ -9,6 +9,7 @@ thread before every frame (it never touches the database).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -18,12 +19,14 @@ from channels.consumer import AsyncConsumer
 
 from gateway_core import logs, metrics
 from gateway_core.conf import gateway_settings
-from gateway_core.tokens import InvalidToken, decode_token
+from gateway_core.tokens import Claims, InvalidToken, UnknownApp, decode_token
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.flow import QUEUED, WRITE, SendBuffer, UnboundedSendBuffer, send_buffer_for
 from sessions_app.hub import INTERNAL_ERROR, Hub
 from sessions_app.registry import ChannelSession
+
+logger = logging.getLogger("gateway.sessions")
 
 #: The close code recorded for a connection that ended without a close frame.
 ABNORMAL_CLOSURE = 1006
@@ -41,6 +44,18 @@ class SessionNode(Protocol):
 
     def acked(self, push_id: str) -> None:
         """A client acknowledged a push this node delivered to it."""
+        ...
+
+    def app_secrets(self, app: str) -> tuple[str, ...] | None:
+        """The secrets that verify tokens of ``app``; None for an app not known here."""
+        ...
+
+    def app_connection_allowed(self, app: str) -> bool:
+        """Whether ``app`` may take one more connection (its ``max_connections``)."""
+        ...
+
+    async def reload_apps(self, *, on_miss: bool = False) -> None:
+        """Reload the apps from the database (on a miss: at most once a second)."""
         ...
 
 
@@ -92,12 +107,14 @@ class GatewayConsumer(AsyncConsumer):
             await self._close(CloseCode.DRAINING, CloseCode.DRAINING.reason)
             return
         try:
-            claims = decode_token(
-                frames.token_from_scope(self.scope), secret=gateway_settings.jwt_secret
-            )
+            claims = await self._authenticate(frames.token_from_scope(self.scope))
         except InvalidToken as exc:
             self.metrics.auth_failures.inc()
             await self._close(CloseCode.UNAUTHORIZED, str(exc))
+            return
+        if not self.node.app_connection_allowed(claims.app_id):
+            await self._close(CloseCode.APP_CONNECTION_LIMIT,
+                              CloseCode.APP_CONNECTION_LIMIT.reason)
             return
         self.buffer = send_buffer_for(
             self.base_send, max_bytes=gateway_settings.max_send_buffer_bytes
@@ -113,6 +130,8 @@ class GatewayConsumer(AsyncConsumer):
             remote_addr=str(client[0] or ""),
             user_agent=frames.header(self.scope, b"user-agent"),
             meta=claims.meta,
+            app_id=claims.app_id,
+            expires_at=claims.expires_at,
         )
         # This connection's task logs with its session id from here on.
         logs.session_id_var.set(self.session.session_id)
@@ -156,6 +175,8 @@ class GatewayConsumer(AsyncConsumer):
                 kind = frame["type"]
                 if kind == "ping":
                     reply = frames.pong(int(now * 1000))
+                elif kind == "refresh":
+                    reply = self._refresh(session, frame["token"])
                 elif session.take_ack(frame["id"]):
                     # The first ack of a push this connection got is free of the frame
                     # budget, so that a client may ack every push (PROTOCOL.md section 1).
@@ -176,6 +197,33 @@ class GatewayConsumer(AsyncConsumer):
             await hub.close(session, CloseCode.TOO_MANY_FRAMES)
             return
         await self.send_frame(reply)
+
+    async def _authenticate(self, token: str) -> Claims:
+        """The token's claims, verified with its app's secrets. A token naming an app this
+        node does not know yet (made a moment ago) gets one reload of the apps."""
+        try:
+            return decode_token(token, secrets_for=self.node.app_secrets)
+        except UnknownApp:
+            try:
+                await self.node.reload_apps(on_miss=True)
+            except Exception:
+                # The database is unreachable: the app stays unknown here (4001), and
+                # the node's own reload will find it once the database answers.
+                logger.warning(
+                    "reloading apps for an unknown kid failed", exc_info=True)
+            return decode_token(token, secrets_for=self.node.app_secrets)
+
+    def _refresh(self, session: ChannelSession, token: str) -> str:
+        """A ``refresh`` frame (PROTOCOL.md section 6): a valid token of the same app and
+        user moves the session's expiry; anything else keeps the old one."""
+        try:
+            claims = decode_token(token, secrets_for=self.node.app_secrets)
+        except InvalidToken as exc:
+            return frames.error(f"token refused: {exc}", code="bad_token")
+        if claims.app_id != session.app_id or claims.user_id != session.user_id:
+            return frames.error("the token is for another user", code="bad_token")
+        session.expires_at = claims.expires_at
+        return frames.refreshed(claims.expires_at)
 
     def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self._lost(int(message.get("code") or ABNORMAL_CLOSURE))

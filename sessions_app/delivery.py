@@ -120,10 +120,12 @@ class Deliverer:
             self.metrics.skipped["expired"].inc()
             return 0
         registry = self.registry
+        # Only the push's app: a broadcast reaches its app's users, and ``u1`` of another
+        # app is another user (PROTOCOL.md section 9).
         targets = (
-            registry.all_sessions()
+            registry.sessions_in(message.app)
             if message.users is None
-            else registry.sessions_of(message.users)
+            else registry.sessions_of(message.users, message.app)
         )
         # Built once, and only on a node that holds a target: in a cluster every node
         # receives every push, and most targeted ones are for users connected elsewhere.
@@ -145,9 +147,10 @@ class Deliverer:
                 sent += 1
         if sent:
             self.on_delivered(message.id, sent)
-            self.metrics.deliveries.inc(sent)
+            counted = self.metrics.app(message.app)
+            counted.deliveries.inc(sent)
             latency_s = max(0, self.clock_ms() - message.accepted_ms) / 1000
-            self.metrics.push_latency.observe(latency_s)
+            counted.push_latency.observe(latency_s)
         else:
             self.metrics.skipped["no_local_session"].inc()
         return sent
@@ -167,10 +170,12 @@ class Deliverer:
         await self.drop_session(session)
 
     async def apply_control(self, message: ControlMessage) -> int:
-        targets = list(self.registry.sessions_of(message.users))
+        targets = list(self.registry.sessions_of(message.users, message.app))
         for session_id in message.session_ids:
             session = self.registry.get(session_id)
-            if session is not None and session not in targets:
+            # Session ids are unguessable and the console names them; an order of an app
+            # still closes only that app's sessions.
+            if session is not None and session.app_id == message.app and session not in targets:
                 targets.append(session)
         for session in targets:
             await self.close_session(session, CloseCode.DISCONNECTED)

@@ -33,10 +33,13 @@ def parse(text: str) -> dict[str, Any]:
     if kind == "ack":
         if not isinstance(frame.get("id"), str):
             raise BadFrame('ack needs "id", a push id string')
+    elif kind == "refresh":
+        if not isinstance(frame.get("token"), str):
+            raise BadFrame('refresh needs "token", a JWT string')
     elif kind != "ping":
         # Echo a short string only: a nested value's repr could recurse as deep as it nests.
         shown = repr(kind[:64]) if isinstance(kind, str) else f"of JSON type {_json_type(kind)}"
-        raise BadFrame(f"unknown frame type {shown}; expected ping or ack")
+        raise BadFrame(f"unknown frame type {shown}; expected ping, ack or refresh")
     return frame
 
 
@@ -55,6 +58,10 @@ def welcome(*, session_id: str, node_id: str, user_id: str, interval_s: int, tim
         "type": "welcome", "session": session_id, "node": node_id, "user": user_id,
         "heartbeat": {"interval": interval_s, "timeout": timeout_s},
     })
+
+
+def refreshed(expires_at: int) -> str:
+    return '{"type":"refreshed","exp":' + str(expires_at) + "}"
 
 
 def pong(now_ms: int) -> str:

@@ -38,7 +38,7 @@ class Hub:
         """Register a session; close the user's oldest past the cap with 4009."""
         evicted = self.registry.register(session, max_per_user=max_per_user)
         self.recorder.opened(session)
-        self.metrics.connects.inc()
+        self.metrics.app(session.app_id).connects.inc()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("session opened for user %s", session.user_id,
                          extra={"session_id": session.session_id})
@@ -58,7 +58,7 @@ class Hub:
         """
         if self.registry.unregister(session):
             self.recorder.closed(session, code=INTERNAL_ERROR, at=self.clock())
-            self.metrics.disconnect(INTERNAL_ERROR)
+            self.metrics.disconnect(INTERNAL_ERROR, session.app_id)
         try:
             await session.connection.abort()
         except Exception:
@@ -69,14 +69,14 @@ class Hub:
         """The client went away by itself (``websocket.disconnect``)."""
         if self.registry.unregister(session):
             self.recorder.closed(session, code=code, at=self.clock())
-            self.metrics.disconnect(code)
+            self.metrics.disconnect(code, session.app_id)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("session closed by the client (%d)", code,
                              extra={"session_id": session.session_id})
 
     async def _closed(self, session: ChannelSession, code: CloseCode) -> None:
         self.recorder.closed(session, code=int(code), at=self.clock())
-        self.metrics.disconnect(int(code))
+        self.metrics.disconnect(int(code), session.app_id)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("session closed with %d", code, extra={"session_id": session.session_id})
         try:
@@ -86,12 +86,16 @@ class Hub:
                              extra={"session_id": session.session_id})
 
     async def sweep(self, *, timeout_s: float, now: float | None = None) -> int:
-        """Close every session silent for ``timeout_s`` with 4008."""
+        """Close every session silent for ``timeout_s`` with 4008, and every session whose
+        token's ``exp`` passed without a refresh with 4011."""
         expired = self.registry.expired(timeout_s=timeout_s, now=now)
         for session in expired:
-            self.metrics.heartbeat_timeouts.inc()
+            self.metrics.app(session.app_id).heartbeat_timeouts.inc()
             await self.close(session, CloseCode.HEARTBEAT_TIMEOUT)
-        return len(expired)
+        lapsed = self.registry.token_expired(now=now)
+        for session in lapsed:
+            await self.close(session, CloseCode.TOKEN_EXPIRED)
+        return len(expired) + len(lapsed)
 
     async def drain(self) -> int:
         """Close every session with 4012 so clients reconnect elsewhere; refuse new ones."""

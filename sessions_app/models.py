@@ -22,6 +22,9 @@ class Node(models.Model):
     stopped_at = models.DateTimeField(null=True, blank=True)
     connections = models.PositiveIntegerField(default=0)
     users = models.PositiveIntegerField(default=0)
+    #: Per app at the last beat: ``{app: {"connections": n, "users": n, "pushes_per_s": r}}``,
+    #: which other nodes read to hold each app's limits across the cluster.
+    apps = models.JSONField(default=dict, blank=True, null=True)
 
     class Meta:
         ordering = ["id"]
@@ -36,6 +39,8 @@ class Node(models.Model):
 
 class SessionRecord(models.Model):
     id = models.CharField(primary_key=True, max_length=64, verbose_name="session")
+    # ``db_default``: a node of the release before apps writes sessions of ``default``.
+    app = models.CharField(max_length=64, default="default", db_default="default")
     user_id = models.CharField(max_length=128, db_index=True, verbose_name="user")
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="sessions")
     connected_at = models.DateTimeField()

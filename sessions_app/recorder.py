@@ -36,6 +36,8 @@ class Snapshot:
     closed: list[tuple[str, float, int]] = field(default_factory=list)
     seen: list[tuple[str, float]] = field(default_factory=list)
     stopping: bool = False
+    #: Per app: connections, users and pushes per second here (``Node.apps``).
+    apps: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class SessionRecorder:
@@ -59,12 +61,21 @@ class SessionRecorder:
     def closed(self, session: ChannelSession, *, code: int, at: float) -> None:
         self._closed.append((session.session_id, at, code))
 
-    def snapshot(self, registry: SessionManager, *, now: float, stopping: bool = False) -> Snapshot:
+    def snapshot(self, registry: SessionManager, *, now: float, stopping: bool = False,
+                 push_rates: dict[str, float] | None = None) -> Snapshot:
         snap = Snapshot(now=now, connections=len(registry), users=registry.user_count,
                         stopping=stopping)
+        rates = push_rates or {}
+        for app, (connections, users) in registry.counts_by_app().items():
+            snap.apps[app] = {"connections": connections, "users": users,
+                              "pushes_per_s": round(rates.get(app, 0.0), 2)}
+        for app, rate in rates.items():
+            snap.apps.setdefault(app, {"connections": 0, "users": 0,
+                                       "pushes_per_s": round(rate, 2)})
         for session in self._opened.values():
             snap.opened.append({
                 "id": session.session_id,
+                "app": session.app_id,
                 "user_id": session.user_id,
                 "connected_at": session.connected_at,
                 "last_seen": session.last_seen,
@@ -99,13 +110,15 @@ class SessionRecorder:
                     "stopped_at": now if snap.stopping else None,
                     "connections": snap.connections,
                     "users": snap.users,
+                    "apps": snap.apps,
                 },
             )
             if snap.opened:
                 SessionRecord.objects.bulk_create(
                     [
                         SessionRecord(
-                            id=row["id"], user_id=row["user_id"], node_id=self.node_id,
+                            id=row["id"], app=row["app"], user_id=row["user_id"],
+                            node_id=self.node_id,
                             connected_at=_dt(row["connected_at"]), last_seen=_dt(row["last_seen"]),
                             remote_addr=row["remote_addr"], user_agent=row["user_agent"],
                             meta=row["meta"],

@@ -1,8 +1,10 @@
 """The node's session registry: the only in-process mutable state of the gateway.
 
-SessionManager maps user id -> UserSession; a UserSession maps each live connection to its
-ChannelSession. Everything here is plain data touched from the node's one event loop, so it
-needs no locks; writes to sockets happen through the ``Connection`` each session holds.
+SessionManager maps (app, user id) -> UserSession; a UserSession maps each live connection
+to its ChannelSession. Users are per app (PROTOCOL.md section 9): ``u1`` of two apps are two
+users, so every lookup names the app. Everything here is plain data touched from the node's
+one event loop, so it needs no locks; writes to sockets happen through the ``Connection``
+each session holds.
 
 The registry never trusts ``disconnect()`` alone: ``expired()`` lists what stopped beating,
 and the node's sweep closes those connections with 4008 and forgets them.
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway_core.tenancy import DEFAULT_APP
 from sessions_app.close_codes import CloseCode
 
 #: How many of its latest unacked pushes a connection may still ack. An ack normally
@@ -65,6 +68,9 @@ class ChannelSession:
     # its oldest key; an ack pays a linear scan of the window instead (docs/performance.md).
     # Created on the first push, since most idle connections never get one.
     unacked: deque[str] | None = None
+    app_id: str = DEFAULT_APP
+    #: The token's ``exp`` (epoch seconds): the sweep closes the connection with 4011 then.
+    expires_at: float | None = None
 
     def received(self, push_id: str) -> None:
         """A push was written to this connection: it may ack it once (``take_ack``)."""
@@ -112,14 +118,16 @@ class UserSession:
 
 
 class SessionManager:
-    """user id -> UserSession, plus an index by session id for operators' actions."""
+    """Per app, user id -> UserSession and session id -> session (a broadcast reaches one
+    app's sessions); plus an index of every session by id for operators' actions."""
 
     clock: Callable[[], float] = staticmethod(time.time)
 
     def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
         if clock is not None:
             self.clock = clock
-        self.users: dict[str, UserSession] = {}
+        self.apps: dict[str, dict[str, UserSession]] = {}
+        self.app_sessions: dict[str, dict[str, ChannelSession]] = {}
         self.by_id: dict[str, ChannelSession] = {}
 
     def __len__(self) -> int:
@@ -127,7 +135,19 @@ class SessionManager:
 
     @property
     def user_count(self) -> int:
-        return len(self.users)
+        return sum(len(users) for users in self.apps.values())
+
+    def users_of(self, app: str = DEFAULT_APP) -> dict[str, UserSession]:
+        """The app's users on this node (an empty dict for an app with none)."""
+        return self.apps.get(app) or {}
+
+    def connections_of(self, app: str) -> int:
+        return len(self.app_sessions.get(app) or ())
+
+    def counts_by_app(self) -> dict[str, tuple[int, int]]:
+        """``app: (connections, users)`` for every app with a session here."""
+        return {app: (len(sessions), len(self.apps.get(app) or ()))
+                for app, sessions in self.app_sessions.items()}
 
     def register(self, session: ChannelSession, *, max_per_user: int) -> list[ChannelSession]:
         """Add a session; return the user's oldest sessions pushed past ``max_per_user``.
@@ -135,11 +155,17 @@ class SessionManager:
         The returned sessions are already forgotten here (they get no more pushes); the
         caller closes them with 4009.
         """
-        user = self.users.get(session.user_id)
+        app = session.app_id
+        users = self.apps.get(app)
+        if users is None:
+            users = self.apps[app] = {}
+            self.app_sessions[app] = {}
+        user = users.get(session.user_id)
         if user is None:
-            user = self.users[session.user_id] = UserSession(session.user_id)
+            user = users[session.user_id] = UserSession(session.user_id)
         user.channels[session.connection] = session
         self.by_id[session.session_id] = session
+        self.app_sessions[app][session.session_id] = session
         evicted: list[ChannelSession] = []
         while len(user.channels) > max_per_user:
             oldest = user.oldest()
@@ -152,19 +178,29 @@ class SessionManager:
         if self.by_id.get(session.session_id) is not session:
             return False
         del self.by_id[session.session_id]
-        user = self.users.get(session.user_id)
+        app = session.app_id
+        sessions = self.app_sessions[app]
+        del sessions[session.session_id]
+        users = self.apps[app]
+        user = users.get(session.user_id)
         if user is not None:
             user.channels.pop(session.connection, None)
             if not user.channels:
-                del self.users[session.user_id]
+                del users[session.user_id]
+        if not sessions:  # apps come and go; an app with no session here holds nothing
+            del self.app_sessions[app]
+            del self.apps[app]
         return True
 
     def get(self, session_id: str) -> ChannelSession | None:
         return self.by_id.get(session_id)
 
-    def sessions_of(self, user_ids: Iterable[str]) -> Iterator[ChannelSession]:
-        """Live sessions of these users, in the order the users are given."""
-        users = self.users
+    def sessions_of(self, user_ids: Iterable[str],
+                    app: str = DEFAULT_APP) -> Iterator[ChannelSession]:
+        """Live sessions of these users of ``app``, in the order the users are given."""
+        users = self.apps.get(app)
+        if users is None:
+            return
         for user_id in user_ids:
             user = users.get(user_id)
             if user is not None:
@@ -174,6 +210,11 @@ class SessionManager:
     def all_sessions(self) -> list[ChannelSession]:
         return list(self.by_id.values())
 
+    def sessions_in(self, app: str) -> list[ChannelSession]:
+        """Every live session of ``app`` (a broadcast's targets)."""
+        sessions = self.app_sessions.get(app)
+        return [] if sessions is None else list(sessions.values())
+
     def expired(self, *, timeout_s: float, now: float | None = None) -> list[ChannelSession]:
         """Sessions whose last frame is older than ``timeout_s``.
 
@@ -181,3 +222,9 @@ class SessionManager:
         """
         deadline = (self.clock() if now is None else now) - timeout_s
         return [s for s in self.by_id.values() if s.last_seen < deadline]
+
+    def token_expired(self, *, now: float | None = None) -> list[ChannelSession]:
+        """Sessions whose token's ``exp`` has passed (PROTOCOL.md section 6: 4011)."""
+        at = self.clock() if now is None else now
+        return [s for s in self.by_id.values()
+                if s.expires_at is not None and s.expires_at <= at]

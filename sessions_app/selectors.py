@@ -19,6 +19,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from gateway_core.conf import gateway_settings
+from gateway_core.tenancy import DEFAULT_APP, AppLoad
 from sessions_app.close_codes import REASONS
 from sessions_app.models import Node, SessionRecord
 from sessions_app.registry import SessionManager
@@ -148,9 +149,27 @@ def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat()
 
 
+def app_loads(*, exclude: str, timeout_s: int | None = None) -> dict[str, AppLoad]:
+    """Per app, the connections and push rate the other live nodes reported at their last
+    beat (``Node.apps``). One query."""
+    since = alive_since(timeout_s=timeout_s)
+    totals: dict[str, AppLoad] = {}
+    rows = Node.objects.filter(node_alive_q(since=since)).exclude(id=exclude)
+    for apps in rows.values_list("apps", flat=True):
+        for app, load in (apps or {}).items():
+            if not isinstance(load, dict):
+                continue
+            before = totals.get(app, AppLoad())
+            totals[app] = AppLoad(
+                connections=before.connections + int(load.get("connections") or 0),
+                pushes_per_s=before.pushes_per_s + float(load.get("pushes_per_s") or 0.0))
+    return totals
+
+
 def user_presence(*, user_id: str, node_id: str, registry: SessionManager,
-                  node_timeout_s: int) -> dict[str, Any]:
-    """This node's live sessions from memory, other live nodes' from the database."""
+                  node_timeout_s: int, app: str = DEFAULT_APP) -> dict[str, Any]:
+    """The user of ``app``: this node's live sessions from memory, other live nodes' from
+    the database."""
     connections: list[dict[str, Any]] = [
         {
             "session": s.session_id,
@@ -158,11 +177,11 @@ def user_presence(*, user_id: str, node_id: str, registry: SessionManager,
             "connected_at": _iso(s.connected_at),
             "last_seen": _iso(s.last_seen),
         }
-        for s in registry.sessions_of([user_id])
+        for s in registry.sessions_of([user_id], app)
     ]
     since = alive_since(timeout_s=node_timeout_s)
     remote = (
-        SessionRecord.objects.filter(user_id=user_id, closed_at__isnull=True)
+        SessionRecord.objects.filter(app=app, user_id=user_id, closed_at__isnull=True)
         .filter(node_alive_q(since=since, prefix="node__"))
         .exclude(node_id=node_id)
         .order_by("connected_at")

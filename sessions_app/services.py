@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from gateway_core.bridge import Submit
 from gateway_core.messages import ControlMessage
 from gateway_core.orders import sessions_disconnect, user_disconnect
+from gateway_core.tenancy import DEFAULT_APP
 from sessions_app.models import Node, SessionRecord
 
 #: The longest reason kept with an order (the same limit as the REST API's).
@@ -30,29 +31,36 @@ def _audit(*, actor_id: int, records: QuerySet[SessionRecord], message: str) -> 
 
 def console_sessions_disconnect(*, session_ids: list[str], reason: str, actor_id: int,
                                 submit: Submit) -> ControlMessage | None:
-    """Close these sessions with 4010 wherever they are; None if none of them is open."""
+    """Close these sessions with 4010 wherever they are; None if none of them is open.
+
+    One order per app among them (an order closes one app's sessions only); the last one
+    is returned."""
     reason = reason.strip()[:MAX_REASON_CHARS]
     open_records = SessionRecord.objects.filter(id__in=session_ids, closed_at__isnull=True)
-    open_ids = list(open_records.values_list("id", flat=True))
-    if not open_ids:
-        return None
-    message = sessions_disconnect(session_ids=open_ids, reason=reason, submit=submit)
-    _audit(actor_id=actor_id, records=open_records,
-           message=f"Disconnect ordered (4010, order {message.id}): {reason or 'no reason'}")
+    by_app: dict[str, list[str]] = {}
+    for session_id, app in open_records.values_list("id", "app"):
+        by_app.setdefault(app, []).append(session_id)
+    message: ControlMessage | None = None
+    for app, ids in sorted(by_app.items()):
+        message = sessions_disconnect(session_ids=ids, reason=reason, submit=submit, app=app)
+        _audit(actor_id=actor_id, records=open_records.filter(id__in=ids),
+               message=f"Disconnect ordered (4010, order {message.id}): "
+                       f"{reason or 'no reason'}")
     return message
 
 
 def console_user_disconnect(*, user_id: str, reason: str, actor_id: int,
-                            submit: Submit) -> ControlMessage:
+                            submit: Submit, app: str = DEFAULT_APP) -> ControlMessage:
     """Close every connection of the user with 4010, on every node.
 
     The order goes out even when the database knows no open session: a connection opened
     within the last few seconds may not be recorded yet.
     """
     reason = reason.strip()[:MAX_REASON_CHARS]
-    message = user_disconnect(user_id=user_id, reason=reason, submit=submit)
+    message = user_disconnect(user_id=user_id, reason=reason, submit=submit, app=app)
     _audit(actor_id=actor_id,
-           records=SessionRecord.objects.filter(user_id=user_id, closed_at__isnull=True),
+           records=SessionRecord.objects.filter(app=app, user_id=user_id,
+                                                closed_at__isnull=True),
            message=f"Disconnect of user {user_id} ordered (4010, order {message.id}): "
                    f"{reason or 'no reason'}")
     return message

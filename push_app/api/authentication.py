@@ -1,7 +1,9 @@
 """``Authorization: Token <key>`` for business systems (PROTOCOL.md section 2).
 
 Unknown or malformed keys get 401; a deactivated client's key gets 403, so its owner can
-tell "wrong key" from "key revoked". Each 401 for a key spends one attempt of the client
+tell "wrong key" from "key revoked". A key without the scope a route needs gets 403
+``{"error": "forbidden", "detail": "needs scope <s>"}`` (PROTOCOL.md section 9); each view
+names its scope (``required_scope``). Each 401 for a key spends one attempt of the client
 address's budget (``AuthFailureThrottle``); an address that spent it gets 429 before its
 key is looked up. A key of impossible shape is refused without a lookup.
 """
@@ -44,10 +46,24 @@ class ApiKeyAuthentication(BaseAuthentication):
 
 
 class IsApiClient(BasePermission):
+    """An API client's key, carrying the scope the view names (``required_scope``)."""
+
     message = "Authorization: Token <key> is required."
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        return isinstance(request.auth, ApiClient)
+        client = request.auth
+        if not isinstance(client, ApiClient):
+            return False
+        scope = getattr(view, "required_scope", None)
+        if scope is not None:
+            check_scope(client.scope_list, scope)
+        return True
+
+
+def check_scope(scopes: tuple[str, ...], scope: str) -> None:
+    """403 ``forbidden`` unless ``scope`` is among the key's ``scopes``."""
+    if scope not in scopes:
+        raise exceptions.PermissionDenied(f"needs scope {scope}")
 
 
 def key_from_header(header: bytes) -> str | None:
@@ -135,7 +151,8 @@ class ApiKeyCache:
         return entry[1]
 
     def put(self, client: ApiClient) -> ClientRef:
-        ref = ClientRef(pk=client.pk, name=client.name, key_hash=client.key_hash)
+        ref = ClientRef(pk=client.pk, name=client.name, key_hash=client.key_hash,
+                        app=str(client.app_id), scopes=client.scope_list)
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[client.key_hash] = (self.clock() + self.ttl_s, ref)

@@ -35,10 +35,12 @@ from gateway_core.conf import gateway_settings
 from gateway_core.messages import Message
 from gateway_core.middleware import bad_hosts
 from gateway_core.ratelimit import RateLimits
+from gateway_core.tenancy import AppLimits
 from push_app import services, validation
 from push_app.api.authentication import (
     ApiKeyCache,
     check_client,
+    check_scope,
     client_deactivated,
     key_from_header,
     not_authenticated,
@@ -47,7 +49,7 @@ from push_app.api.authentication import (
 )
 from push_app.api.errors import database_unavailable, error_body, error_parts
 from push_app.api.parsers import body_too_large, check_declared_length, parse_json
-from push_app.api.throttling import rate_limited, take_request
+from push_app.api.throttling import rate_limited, take_app_pushes, take_request
 from push_app.errors import PushUnavailable
 from push_app.models import ApiClient
 from push_app.rejections import RejectionCounter
@@ -96,6 +98,7 @@ class PushNode(Protocol):
     writer: PushWriter
     rate_limits: RateLimits
     rejections: RejectionCounter
+    app_limits: AppLimits
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the node's database thread."""
@@ -173,6 +176,7 @@ class PushRoutes:
         client = await self.authenticate(node, headers.get(b"authorization", b""),
                                          str(peer[0]) if peer else "")
         caller.client = client
+        check_scope(client.scopes, "push")
         wait_s = take_request(node.rate_limits.api_clients, client.pk)
         if wait_s is not None:
             raise rate_limited(wait_s)
@@ -234,14 +238,15 @@ class PushRoutes:
         try:
             req = validation.push_request(data)
         except RequestInvalid:
-            counted.push(client.name, "rejected")
+            counted.push(client.name, "rejected", app=client.app)
             raise
+        take_app_pushes(node.app_limits, client.app, 1)
         try:
             if req.idempotency_key is None:
                 services.check_relay_capacity(node.relay.backlog)
                 (message,) = await node.writer.write(client=client, reqs=[req])
                 if isinstance(message, RequestInvalid):  # the database refused this push
-                    counted.push(client.name, "rejected")
+                    counted.push(client.name, "rejected", app=client.app)
                     raise message
                 push_id, status, targets, created = message.id, "accepted", req.targets, True
             else:
@@ -250,9 +255,9 @@ class PushRoutes:
                 targets = req.targets if created else ("all" if log.broadcast
                                                        else log.target_count)
         except PushUnavailable:
-            counted.push(client.name, "unavailable")
+            counted.push(client.name, "unavailable", app=client.app)
             raise
-        counted.push(client.name, "accepted" if created else "repeated")
+        counted.push(client.name, "accepted" if created else "repeated", app=client.app)
         return (202 if created else 200), {"id": push_id, "status": status,
                                            "targets": targets}, {}
 
@@ -261,6 +266,7 @@ class PushRoutes:
         results, good = validation.batch_requests(items)
         new = accepted = 0
         if good:
+            take_app_pushes(node.app_limits, client.app, len(good))
             reqs = [req for _, req in good]
             stored: list[tuple[str, str, bool] | RequestInvalid]
             if any(req.idempotency_key is not None for req in reqs):
@@ -279,9 +285,9 @@ class PushRoutes:
                 new += created
                 accepted += 1
         counted = metrics.bound(node.node_id)
-        counted.push(client.name, "accepted", new)
-        counted.push(client.name, "repeated", accepted - new)
-        counted.push(client.name, "rejected", len(items) - accepted)
+        counted.push(client.name, "accepted", new, app=client.app)
+        counted.push(client.name, "repeated", accepted - new, app=client.app)
+        counted.push(client.name, "rejected", len(items) - accepted, app=client.app)
         return 202, {"results": results}, {}
 
 

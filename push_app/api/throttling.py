@@ -26,6 +26,7 @@ from rest_framework.throttling import BaseThrottle
 from gateway_core import bridge
 from gateway_core.conf import gateway_settings
 from gateway_core.ratelimit import TokenBuckets
+from gateway_core.tenancy import AppLimits
 from push_app.models import ApiClient
 
 
@@ -53,6 +54,16 @@ def take_request(buckets: TokenBuckets[int], client_pk: int) -> float | None:
     if rate <= 0:
         return None
     return buckets.take(client_pk, capacity=float(rate), per_s=float(rate))
+
+
+def take_app_pushes(limits: AppLimits, app: str, count: int) -> None:
+    """Spend ``count`` pushes of the app's ``pushes_per_second`` (PROTOCOL.md section 9),
+    or 429 with ``Retry-After``, the whole request refused."""
+    wait_s = limits.take_pushes(app, count)
+    if wait_s is not None:
+        raise Throttled(max(1.0, wait_s), detail=(
+            f"the app {app!r} is past its pushes_per_second; retry in "
+            f"{max(1, int(wait_s + 0.999))} s."))
 
 
 def rate_limited(wait_s: float) -> Throttled:

@@ -1,4 +1,7 @@
-"""The business REST API (PROTOCOL.md section 2). Thin: validate, call a service, render."""
+"""The business REST API (PROTOCOL.md section 2). Thin: validate, call a service, render.
+
+Each view names the key scope it needs (``required_scope``, PROTOCOL.md section 9) and acts
+within the caller's app only: its users, its pushes, its tokens."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from gateway_core.tokens import valid_user_id
 from push_app import selectors, services, validation
 from push_app.api.errors import count_rejected, error_body
 from push_app.api.schema import BODY_ERRORS, COMMON_ERRORS, PUSH_ID, USER_ID, body, errors, ref
+from push_app.api.throttling import take_app_pushes
 from push_app.errors import PushUnavailable
 from push_app.models import ApiClient, AuditAction, AuditActor
 from push_app.validation import RequestInvalid
@@ -53,6 +57,8 @@ def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
 # and tests/unit/test_hotpath.py holds both to the same answers. (Comments, not docstrings:
 # a view's docstring becomes its description in the published schema.)
 class PushView(APIView):
+    required_scope = "push"
+
     @extend_schema(
         request=body("PushBody"),
         responses={202: ref("PushAccepted"), 200: ref("PushAccepted"), **errors(*BODY_ERRORS)},
@@ -62,20 +68,22 @@ class PushView(APIView):
     )
     def post(self, request: Request) -> Response:
         client = _client(request)
+        app = str(client.app_id)
         counted = metrics.bound(gateway_settings.node_id)
         try:
             req = validation.push_request(request.data)
         except RequestInvalid:
-            counted.push(client.name, "rejected")
+            counted.push(client.name, "rejected", app=app)
             raise
+        take_app_pushes(bridge.app_limits(), app, 1)
         try:
             log, created = services.push_create(
                 client=client, req=req, submit=bridge.submit, backlog=bridge.backlog()
             )
         except PushUnavailable:
-            counted.push(client.name, "unavailable")
+            counted.push(client.name, "unavailable", app=app)
             raise
-        counted.push(client.name, "accepted" if created else "repeated")
+        counted.push(client.name, "accepted" if created else "repeated", app=app)
         return Response(
             {"id": log.id, "status": log.status, "targets": req.targets if created else
              ("all" if log.broadcast else log.target_count)},
@@ -84,6 +92,8 @@ class PushView(APIView):
 
 
 class PushBatchView(APIView):
+    required_scope = "push"
+
     @extend_schema(
         request=body("PushBatch"),
         responses={202: ref("BatchResults"), **errors(*BODY_ERRORS)},
@@ -93,7 +103,9 @@ class PushBatchView(APIView):
         items = validation.batch_items(request.data)
         results, good = validation.batch_requests(items)
         new = 0
+        app = str(_client(request).app_id)
         if good:
+            take_app_pushes(bridge.app_limits(), app, len(good))
             created = services.push_create_many(
                 client=_client(request), reqs=[req for _, req in good], submit=bridge.submit,
                 backlog=bridge.backlog(),
@@ -103,13 +115,15 @@ class PushBatchView(APIView):
                 new += is_new
         counted = metrics.bound(gateway_settings.node_id)
         name = _client(request).name
-        counted.push(name, "accepted", new)
-        counted.push(name, "repeated", len(good) - new)
-        counted.push(name, "rejected", len(items) - len(good))
+        counted.push(name, "accepted", new, app=app)
+        counted.push(name, "repeated", len(good) - new, app=app)
+        counted.push(name, "rejected", len(items) - len(good), app=app)
         return Response({"results": results}, status=status.HTTP_202_ACCEPTED)
 
 
 class PushDetailView(APIView):
+    required_scope = "push"
+
     @extend_schema(
         parameters=[OpenApiParameter("push_id", OpenApiTypes.STR, OpenApiParameter.PATH,
                                      pattern=PUSH_ID["pattern"])],
@@ -126,16 +140,20 @@ class PushDetailView(APIView):
 
 
 class PresenceView(APIView):
+    required_scope = "presence"
+
     @extend_schema(
         parameters=[_USER_PARAMETER],
         responses={200: ref("Presence"), **errors(400, *COMMON_ERRORS)},
         summary="Whether a user is online, and where",
     )
     def get(self, request: Request, user_id: str) -> Response:
-        return Response(bridge.user_presence(_user_id(user_id)))
+        return Response(bridge.user_presence(_user_id(user_id), str(_client(request).app_id)))
 
 
 class DisconnectView(APIView):
+    required_scope = "manage"
+
     @extend_schema(
         parameters=[_USER_PARAMETER],
         request=body("Disconnect"),
@@ -145,8 +163,10 @@ class DisconnectView(APIView):
     def post(self, request: Request, user_id: str) -> Response:
         user_id = _user_id(user_id)
         reason = validation.disconnect_reason(request.data)
-        order = orders.user_disconnect(user_id=user_id, reason=reason, submit=bridge.submit)
-        services.audit_record(actor_kind=AuditActor.API_CLIENT, actor=_client(request).name,
+        client = _client(request)
+        order = orders.user_disconnect(user_id=user_id, reason=reason, submit=bridge.submit,
+                                       app=str(client.app_id))
+        services.audit_record(actor_kind=AuditActor.API_CLIENT, actor=client.name,
                               action=AuditAction.USER_DISCONNECT, user_id=user_id,
                               order_id=order.id, reason=reason)
         return Response({"id": order.id, "status": "accepted", "user": user_id},
@@ -154,13 +174,16 @@ class DisconnectView(APIView):
 
 
 class TokenView(APIView):
+    required_scope = "manage"
+
     @extend_schema(
         request=body("TokenRequest"),
         responses={201: ref("Token"), **errors(*BODY_ERRORS)},
-        summary="Mint a client token for a user",
+        summary="Mint a client token for a user of the caller's app",
     )
     def post(self, request: Request) -> Response:
-        token, expires = services.token_create(validation.token_request(request.data))
+        token, expires = services.token_create(validation.token_request(request.data),
+                                               app=str(_client(request).app_id))
         return Response(
             {"token": token, "expires_at": datetime.fromtimestamp(expires, tz=UTC).isoformat()},
             status=status.HTTP_201_CREATED,

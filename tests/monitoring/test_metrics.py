@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from channels.layers import InMemoryChannelLayer
@@ -44,8 +45,10 @@ def test_close_codes_are_bounded() -> None:
         s.labels["code"] for m in metrics.REGISTRY.collect() if m.name == "gateway_disconnects"
         for s in m.samples if s.labels.get("node") == "mon-codes" and s.name.endswith("_total")
     }
-    assert codes == {"4001", "4008", "4009", "4010", "4012", "4013", "4029", "4030", "other"}
-    assert sample("gateway_disconnects_total", node="mon-codes", code="other") == 999 - 8
+    assert codes == {"4001", "4003", "4008", "4009", "4010", "4011", "4012", "4013", "4029",
+                     "4030", "other"}
+    assert sample("gateway_disconnects_total", node="mon-codes", app="default",
+                  code="other") == 999 - 10
 
 
 def test_bound_children_are_cached_and_exist_from_the_start() -> None:
@@ -74,15 +77,16 @@ def test_every_gateway_sample_has_a_node_label() -> None:
 
 
 def test_samplers_set_gauges_before_a_scrape() -> None:
-    state = {"connections": 3, "backlog": 7}
-    metrics.bind_gauges("mon-gauges", connections=lambda: state["connections"],
-                        users=lambda: 2, backlog=lambda: state["backlog"],
-                        oldest_age_s=lambda: 12.5)
+    state: dict[str, Any] = {"apps": {"default": (3, 2), "shop": (1, 1)}, "backlog": 7}
+    metrics.bind_gauges("mon-gauges", by_app=lambda: state["apps"],
+                        backlog=lambda: state["backlog"], oldest_age_s=lambda: 12.5)
     try:
-        state.update(connections=4, backlog=0)
+        state.update(apps={"default": (4, 2)}, backlog=0)
         text = metrics.render().decode()
-        assert 'gateway_connections{node="mon-gauges"} 4.0' in text
-        assert 'gateway_users{node="mon-gauges"} 2.0' in text
+        assert 'gateway_connections{app="default",node="mon-gauges"} 4.0' in text
+        assert 'gateway_users{app="default",node="mon-gauges"} 2.0' in text
+        # An app whose last session here closed reads 0, not its last value.
+        assert 'gateway_connections{app="shop",node="mon-gauges"} 0.0' in text
         assert 'gateway_relay_backlog{node="mon-gauges"} 0.0' in text
         assert 'gateway_relay_oldest_push_age_seconds{node="mon-gauges"} 12.5' in text
     finally:
@@ -100,8 +104,8 @@ async def test_event_loop_lag_is_the_sleep_overshoot() -> None:
             raise asyncio.CancelledError
 
     refreshed = []
-    metrics.bind_gauges("mon-lag", connections=lambda: refreshed.append(1) or 0,
-                        users=lambda: 0, backlog=lambda: 0)
+    metrics.bind_gauges("mon-lag", by_app=lambda: refreshed.append(1) or {},
+                        backlog=lambda: 0)
     refreshed.clear()
     try:
         with pytest.raises(asyncio.CancelledError):
@@ -161,7 +165,7 @@ async def test_channel_layer_lag_from_forwarder_to_listener() -> None:
     assert sample("gateway_messages_forwarded_total", node=node_id) == 1
     assert sample("gateway_channel_layer_lag_seconds_count", node=node_id) == 1
     assert sample("gateway_channel_layer_lag_seconds_sum", node=node_id) == 0.25
-    assert sample("gateway_deliveries_total", node=node_id) == 1
+    assert sample("gateway_deliveries_total", node=node_id, app="default") == 1
 
 
 # --- multi-process mode ----------------------------------------------------------------
@@ -170,10 +174,10 @@ _WORKER = textwrap.dedent("""
     import os, sys, time
     from gateway_core import metrics
     node, role, connections = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    metrics.bound(node).deliveries.inc(connections)
-    metrics.bound(node).push_latency.observe(0.01)
+    metrics.bound(node).app("default").deliveries.inc(connections)
+    metrics.bound(node).app("default").push_latency.observe(0.01)
     metrics.set_process(node, role=role)
-    metrics.bind_gauges(node, connections=lambda: connections, users=lambda: 1,
+    metrics.bind_gauges(node, by_app=lambda: {"default": (connections, 1)},
                         backlog=lambda: 0)
     print("ready", flush=True)
     if sys.argv[4] == "wait":
@@ -204,17 +208,17 @@ def test_multiprocess_mode_sums_processes_and_forgets_dead_ones(tmp_path: Path) 
             assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         text = _render_in(env)
         # Counters and histograms add up over every process, dead or alive.
-        assert 'gateway_deliveries_total{node="mp"} 15.0' in text
-        assert 'gateway_push_latency_seconds_count{node="mp"} 3.0' in text
+        assert 'gateway_deliveries_total{app="default",node="mp"} 15.0' in text
+        assert 'gateway_push_latency_seconds_count{app="default",node="mp"} 3.0' in text
         # Live gauges add up over the live processes only.
-        assert 'gateway_connections{node="mp"} 12.0' in text
+        assert 'gateway_connections{app="default",node="mp"} 12.0' in text
         assert 'gateway_processes{node="mp",role="web"} 1.0' in text
         assert 'gateway_processes{node="mp",role="consumer"} 1.0' in text
         killed.send_signal(signal.SIGKILL)
         killed.wait(10)
         text = _render_in(env)
-        assert 'gateway_deliveries_total{node="mp"} 15.0' in text
-        assert 'gateway_connections{node="mp"} 5.0' in text
+        assert 'gateway_deliveries_total{app="default",node="mp"} 15.0' in text
+        assert 'gateway_connections{app="default",node="mp"} 5.0' in text
         assert 'role="consumer"' not in text
     finally:
         for proc in (alive, killed):

@@ -548,9 +548,9 @@ def test_metrics_text(client, node: GatewayNode, api):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     text = response.content.decode()
-    assert f'gateway_connections{{node="{node.node_id}"}} 1.0' in text
-    assert f'gateway_users{{node="{node.node_id}"}} 1.0' in text
-    labels = f'client="billing",node="{node.node_id}",status="accepted"'
+    assert f'gateway_connections{{app="default",node="{node.node_id}"}} 1.0' in text
+    assert f'gateway_users{{app="default",node="{node.node_id}"}} 1.0' in text
+    labels = f'app="default",client="billing",node="{node.node_id}",status="accepted"'
     assert f"gateway_pushes_total{{{labels}}}" in text
     assert "# TYPE gateway_push_latency_seconds histogram" in text
 

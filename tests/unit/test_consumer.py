@@ -281,7 +281,7 @@ async def test_a_failing_handler_unregisters_its_session_at_once(node: GatewayNo
         await comm.wait(timeout=1)
     # No ghost: not online, and no push reported delivered to a dead connection.
     assert node.registry.get(welcome["session"]) is None
-    assert "u1" not in node.registry.users
+    assert "u1" not in node.registry.users_of()
     assert await node.deliverer.deliver_push(push("p-ghost", users=("u1", "u2"))) == 1
     assert (await bystander.receive_json_from())["id"] == "p-ghost"
     assert metrics.REGISTRY.get_sample_value(

@@ -118,7 +118,8 @@ async def new_key(name: str = "billing") -> tuple[ApiClient, str]:
 
 def pushes_counted(node: GatewayNode, client: str, status: str) -> float:
     value = metrics.REGISTRY.get_sample_value(
-        "gateway_pushes_total", {"node": node.node_id, "client": client, "status": status})
+        "gateway_pushes_total",
+        {"node": node.node_id, "app": "default", "client": client, "status": status})
     return value or 0.0
 
 

@@ -31,7 +31,7 @@ async def test_open_registers_and_counts(hub: Hub):
     await hub.open(session, max_per_user=5)
     assert hub.registry.get("s1") is session
     assert session.connection.closes == []
-    assert sample("gateway_connects_total", node=hub.node_id) == 1
+    assert sample("gateway_connects_total", node=hub.node_id, app="default") == 1
 
 
 async def test_open_evicts_the_oldest_with_4009(hub: Hub):
@@ -43,7 +43,7 @@ async def test_open_evicts_the_oldest_with_4009(hub: Hub):
     assert second.connection.closes == []
     assert third.connection.closes == []
     assert list(hub.registry.sessions_of(["u1"])) == [second, third]
-    assert sample("gateway_disconnects_total", node=hub.node_id, code="4009") == 1
+    assert sample("gateway_disconnects_total", node=hub.node_id, app="default", code="4009") == 1
     snap = hub.recorder.snapshot(hub.registry, now=5000.0)
     assert snap.closed == [("s0", 5000.0, 4009)]
 
@@ -55,8 +55,8 @@ async def test_close_is_idempotent(hub: Hub):
     await hub.close(session, CloseCode.DISCONNECTED)
     await hub.close(session, CloseCode.HEARTBEAT_TIMEOUT)
     assert session.connection.closes == [4010]
-    assert sample("gateway_disconnects_total", node=hub.node_id, code="4010") == 1
-    assert sample("gateway_disconnects_total", node=hub.node_id, code="4008") == 0
+    assert sample("gateway_disconnects_total", node=hub.node_id, app="default", code="4010") == 1
+    assert sample("gateway_disconnects_total", node=hub.node_id, app="default", code="4008") == 0
     assert len(hub.registry) == 0
 
 
@@ -79,7 +79,7 @@ async def test_forget_after_client_disconnect_sends_nothing(hub: Hub):
     hub.forget(session, code=1001)
     await hub.close(session, CloseCode.DISCONNECTED)
     assert session.connection.closes == []
-    assert sample("gateway_disconnects_total", node=hub.node_id, code="1001") == 1
+    assert sample("gateway_disconnects_total", node=hub.node_id, app="default", code="1001") == 1
     assert hub.recorder.snapshot(hub.registry, now=1.0).closed == [("s1", 5000.0, 1001)]
 
 
@@ -94,7 +94,7 @@ async def test_sweep_closes_silent_sessions_with_4008(hub: Hub):
     assert alive.connection.closes == []
     assert hub.registry.get("silent") is None
     assert hub.registry.get("alive") is alive
-    assert sample("gateway_heartbeat_timeouts_total", node=hub.node_id) == 1
+    assert sample("gateway_heartbeat_timeouts_total", node=hub.node_id, app="default") == 1
     assert await hub.sweep(timeout_s=60, now=1070.0) == 0
     assert silent.connection.closes == [4008]
 
@@ -108,4 +108,4 @@ async def test_drain_closes_everything_with_4012_and_sets_draining(hub: Hub):
     assert hub.draining is True
     assert [s.connection.closes for s in sessions] == [[4012]] * 4
     assert len(hub.registry) == 0
-    assert sample("gateway_disconnects_total", node=hub.node_id, code="4012") == 4
+    assert sample("gateway_disconnects_total", node=hub.node_id, app="default", code="4012") == 4

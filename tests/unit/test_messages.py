@@ -78,7 +78,7 @@ def test_not_an_object(raw):
         decode(raw)
 
 
-@pytest.mark.parametrize("version", [None, 0, 2, "1"])
+@pytest.mark.parametrize("version", [None, 0, 3, "1"])
 def test_wrong_version(version):
     body = valid_push_body(v=version)
     with pytest.raises(BadMessage, match="unsupported version"):

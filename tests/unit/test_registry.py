@@ -18,7 +18,7 @@ def test_register_and_unregister_are_idempotent():
     assert len(registry) == 0
     assert registry.user_count == 0
     assert registry.get("s1") is None
-    assert "u1" not in registry.users
+    assert "u1" not in registry.users_of()
 
 
 def test_unregister_ignores_a_different_session_with_the_same_id():
