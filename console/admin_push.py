@@ -29,6 +29,7 @@ from console.admin_site import StrictActionsMixin, audit_operator, user_url
 from console.ids import id_html
 from console.when import when
 from gateway_core import bridge
+from gateway_core.tenancy import SCOPES
 from gateway_core.tokens import valid_user_id
 from push_app.errors import PushUnavailable
 from push_app.models import ApiClient, AuditAction, PushLog, PushStatus
@@ -85,9 +86,9 @@ class TestPushForm(forms.Form):
 
 @admin.register(PushLog)
 class PushLogAdmin(admin.ModelAdmin):
-    list_display = ("push_id", "status_badge", "client_name", "targets", "topic", "size",
-                    "created_at", "published_at", "delivered", "acked", "error_short")
-    list_filter = ("status", "client", ("created_at", DateFieldListFilter), "broadcast")
+    list_display = ("push_id", "status_badge", "client_name", "app", "targets", "topic",
+                    "size", "created_at", "published_at", "delivered", "acked", "error_short")
+    list_filter = ("status", "app", "client", ("created_at", DateFieldListFilter), "broadcast")
     list_display_links = None  # push_id links itself, beside its copy button
     list_select_related = ("client",)
     search_fields = ("=id", "=idempotency_key")
@@ -260,11 +261,35 @@ class PushLogAdmin(admin.ModelAdmin):
 
 # --- API clients ------------------------------------------------------------------------------
 
+class ApiClientForm(forms.ModelForm):
+    """Name, app and scopes (checkboxes, stored comma-separated: ``ApiClient.scopes``)."""
+
+    scope_choices = forms.MultipleChoiceField(
+        label="Scopes", choices=[(s, s) for s in SCOPES], initial=list(SCOPES),
+        widget=forms.CheckboxSelectMultiple,
+        help_text="push: push, batch, status; presence: presence; manage: disconnect, "
+                  "tokens, webhooks.")
+
+    class Meta:
+        model = ApiClient
+        fields = ("name", "app", "is_active")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["scope_choices"] = list(self.instance.scope_list)
+
+    def save(self, commit: bool = True) -> Any:
+        self.instance.scopes = ",".join(s for s in SCOPES if s in self.cleaned_data.get(
+            "scope_choices", SCOPES))
+        return super().save(commit)
+
 @admin.register(ApiClient)
 class ApiClientAdmin(StrictActionsMixin, admin.ModelAdmin):
-    list_display = ("name", "is_active", "key_prefix", "created_at", "last_used_at",
-                    "pushes_24h", "pushes_total")
-    list_filter = ("is_active",)
+    list_display = ("name", "app", "scopes", "is_active", "key_prefix", "created_at",
+                    "last_used_at", "pushes_24h", "pushes_total")
+    list_filter = ("is_active", "app")
+    form = ApiClientForm
     search_fields = ("name", "=key_prefix")
     readonly_fields = ("key_prefix", "created_at", "last_used_at", "pushes_24h",
                        "pushes_total", "rejected_1h", "rejected_24h", "last_rejection")
@@ -272,9 +297,14 @@ class ApiClientAdmin(StrictActionsMixin, admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         if obj is None:
-            return ("name",)
-        return ("name", "is_active", "key_prefix", "created_at", "last_used_at", "pushes_24h",
-                "pushes_total", "rejected_1h", "rejected_24h", "last_rejection")
+            return ("name", "app", "scope_choices")
+        return ("name", "app", "scope_choices", "is_active", "key_prefix", "created_at",
+                "last_used_at", "pushes_24h", "pushes_total", "rejected_1h", "rejected_24h",
+                "last_rejection")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        # A key's app is fixed: moving it would hand its pushes' users to another app.
+        return (*self.readonly_fields, *(("app",) if obj is not None else ()))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiClient]:
         day_ago = timezone.now() - timedelta(hours=24)
@@ -335,9 +365,10 @@ class ApiClientAdmin(StrictActionsMixin, admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        client, key = api_client_create(name=obj.name)
+        client, key = api_client_create(name=obj.name, app=str(obj.app_id),
+                                        scopes=tuple(form.cleaned_data["scope_choices"]))
         audit_operator(request, action=AuditAction.KEY_CREATE, target=client.name)
-        for field in ("pk", "key_prefix", "key_hash", "is_active", "created_at"):
+        for field in ("pk", "key_prefix", "key_hash", "is_active", "created_at", "scopes"):
             setattr(obj, field, getattr(client, field))
         obj._new_key = key  # type: ignore[attr-defined]  # read by response_add only
 

@@ -167,10 +167,10 @@ _TITLES = {"live": "Live sessions", "stale": "Sessions still open on dead nodes"
 
 @admin.register(SessionRecord)
 class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
-    list_display = ("user_link", "node_link", "state", "connected", "beat", "remote_addr",
-                    "agent", "token_meta", "closed")
+    list_display = ("user_link", "app", "node_link", "state", "connected", "beat",
+                    "remote_addr", "agent", "token_meta", "closed")
     list_display_links = None
-    list_filter = (StateFilter, "node", AgeFilter)
+    list_filter = (StateFilter, "app", "node", AgeFilter)
     list_select_related = ("node",)
     search_fields = ("=user_id", "=id", "remote_addr")
     search_help_text = "Exact user id or session id, or part of a remote address."
@@ -264,10 +264,13 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
             reason = form.cleaned_data["reason"]
             actor = _actor_id(request)
             if by_user:
-                users = sorted({r.user_id for r in records})
-                for user_id in users:
+                # A user is an app's: ``u1`` of two apps is two disconnect orders.
+                app_users = sorted({(r.app, r.user_id) for r in records})
+                users = [user_id for _, user_id in app_users]
+                for app, user_id in app_users:
                     user_order = console_user_disconnect(user_id=user_id, reason=reason,
-                                                         actor_id=actor, submit=bridge.submit)
+                                                         actor_id=actor, submit=bridge.submit,
+                                                         app=app)
                     audit_operator(request, action=AuditAction.USER_DISCONNECT,
                                    user_id=user_id, order_id=user_order.id, reason=reason)
                 self.message_user(request, f"Disconnect ordered for {len(users)} user(s): "

@@ -151,6 +151,9 @@ class AuditAction(models.TextChoices):
     KEY_ROTATE = "key_rotate", "API key rotated"
     KEY_DEACTIVATE = "key_deactivate", "API client deactivated"
     KEY_ACTIVATE = "key_activate", "API client activated"
+    APP_CREATE = "app_create", "app created"
+    APP_ROTATE = "app_rotate", "app secret rotated"
+    APP_DROP_PREVIOUS = "app_drop_previous", "app previous secret dropped"
 
 
 #: The actions that order a disconnect (the user page shows one as pending).

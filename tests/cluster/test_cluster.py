@@ -12,11 +12,22 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import jwt
 import pytest
+import websockets
 
 from tests.cluster import flows
-from tests.support.clients import Api, eventually, recv_push, uid, wait_closed
+from tests.support.clients import (
+    Api,
+    eventually,
+    recv_json,
+    recv_push,
+    uid,
+    wait_closed,
+    ws_connect,
+)
 from tests.support.cluster import BROKERS, NODE_TIMEOUT_S, Cluster, stream_key
 from tests.support.gateway import GatewayProcess
 
@@ -170,3 +181,79 @@ async def test_killed_node_clients_move_and_its_sessions_vanish(cluster: Cluster
                 assert [x["session"] for x in seen["connections"]] == [moved_welcome["session"]]
     finally:
         await clients.close()
+
+
+# --- Apps (PROTOCOL.md section 9) ----------------------------------------------------------
+
+def _app_token(user: str, app: str, secret: str) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": user, "iat": now, "exp": now + 600}, secret, algorithm="HS256",
+                      headers={"kid": app})
+
+
+async def _app_session(gw: GatewayProcess, token: str) -> Any:
+    ws = await ws_connect(gw, token)
+    welcome = await recv_json(ws)
+    assert welcome["type"] == "welcome", welcome
+    return ws
+
+
+async def test_two_apps_with_the_same_user_id_stay_apart_across_nodes(cluster: Cluster) -> None:
+    """``u`` of shop on A and ``u`` of bank on B: pushes, broadcasts and disconnects sent
+    through C reach the right app's user on the right node only."""
+    a, b, c = (node(cluster, n) for n in "abc")
+    apps = {}
+    for name in ("shop", "bank"):
+        app = f"{name}-{cluster.run_id}"
+        secret = cluster.manage("createapp", app).splitlines()[-1]
+        key = cluster.manage("createapikey", f"{app}-key", "--app", app).strip()
+        apps[name] = (app, secret, key)
+    user = uid()
+    shop_ws = await _app_session(a, _app_token(user, apps["shop"][0], apps["shop"][1]))
+    bank_ws = await _app_session(b, _app_token(user, apps["bank"][0], apps["bank"][1]))
+    try:
+        async with Api(c, apps["shop"][2]) as shop_api, Api(c, apps["bank"][2]) as bank_api:
+            push_id = await shop_api.push_to([user], "for shop")
+            assert (await recv_push(shop_ws, flows.CROSS_S))["id"] == push_id
+            await bank_api.push({"broadcast": True, "data": "bank-wide"})
+            assert (await recv_push(bank_ws, flows.CROSS_S))["data"] == "bank-wide"
+            # Each side saw its own push only; the other app's crossed the broker to both
+            # nodes and was skipped there.
+            shop_api_presence = await eventually(
+                lambda: shop_api.presence(user), lambda p: len(p["connections"]) == 1,
+                within=flows.DB_S, what="shop's user online on A only")
+            assert shop_api_presence["connections"][0]["node"] == a.node_id
+            await bank_api.disconnect(user, "bank only")
+            assert (await wait_closed(bank_ws, flows.CROSS_S))[0] == 4010
+            await shop_api.push_to([user], "still here")
+            frame = await recv_push(shop_ws, flows.CROSS_S)
+            assert frame["data"] == "still here", frame
+    finally:
+        await shop_ws.close()
+        await bank_ws.close()
+
+
+async def test_an_apps_connection_limit_holds_across_nodes(cluster: Cluster) -> None:
+    """``max_connections`` 2: one connection on A and one on B; once both nodes have beaten
+    (GATEWAY_RECORD_INTERVAL=1), a third on C is closed with 4003."""
+    a, b, c = (node(cluster, n) for n in "abc")
+    app = f"capped-{cluster.run_id}"
+    secret = cluster.manage("createapp", app, "--max-connections", "2").splitlines()[-1]
+    held = [await _app_session(gw, _app_token(uid(), app, secret)) for gw in (a, b)]
+
+    async def third_is_refused() -> int | None:
+        ws = await ws_connect(c, _app_token(uid(), app, secret))
+        try:
+            frame = await asyncio.wait_for(ws.recv(), flows.CROSS_S)
+        except websockets.ConnectionClosed:
+            return ws.close_code
+        assert '"welcome"' in str(frame), frame
+        await ws.close()
+        return None
+
+    try:
+        await eventually(third_is_refused, lambda code: code == 4003, within=flows.DB_S,
+                         what="4003 on C once A's and B's beats show the app's 2 connections")
+    finally:
+        for ws in held:
+            await ws.close()

@@ -30,7 +30,8 @@ def test_create_shows_the_key_once_and_it_authenticates(operator, node):
     form = operator.get(add).content.decode()
     assert 'name="name"' in form and 'name="is_active"' not in form
 
-    response = operator.post(add, {"name": "shop"})
+    response = operator.post(add, {"name": "shop", "app": "default",
+                                   "scope_choices": ["push", "presence", "manage"]})
     assert response.status_code == 200
     html = response.content.decode()
     key = KEY.search(html).group(1)

@@ -77,4 +77,6 @@ def test_dashboard_is_valid_grafana_json() -> None:
     exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
     assert len(exprs) >= 20
     assert all('node=~"$node"' in e for e in exprs)
-    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "node"}
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "node", "app"}
+    # Every per-app series is filtered by the app variable too.
+    assert all('app=~"$app"' in e for e in exprs if "gateway_connections{" in e)

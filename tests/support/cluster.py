@@ -130,6 +130,10 @@ class Cluster:
             with contextlib.suppress(Exception):
                 self.stop(name)
 
+    def manage(self, *args: str) -> str:
+        """``manage.py`` on the cluster's database; its stdout."""
+        return manage(base_env(self.workdir, "keys", self.env), *args)
+
     def api_key(self) -> str:
         """One API key for the cluster (the database is shared, so it works on every node)."""
         if self._api_key is None:

@@ -30,10 +30,10 @@ def make_node(node_id: str, *, alive: bool = True, now: datetime | None = None,
 
 def make_session(session_id: str, user_id: str, node: NodeRow, *, age: timedelta = timedelta(0),
                  closed: bool = False, close_code: int | None = None,
-                 meta: dict[str, Any] | None = None) -> SessionRecord:
+                 meta: dict[str, Any] | None = None, app: str = "default") -> SessionRecord:
     now = timezone.now()
     return SessionRecord.objects.create(
-        id=session_id, user_id=user_id, node=node, connected_at=now - age,
+        id=session_id, app=app, user_id=user_id, node=node, connected_at=now - age,
         last_seen=now - age, closed_at=now if closed else None,
         close_code=close_code if closed else None, remote_addr="10.0.0.7",
         user_agent="Mozilla/5.0 (X11; Linux x86_64) TestBrowser/1.0", meta=meta or {},
