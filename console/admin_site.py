@@ -85,6 +85,27 @@ def has_view(user: Any, *perms: str) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class OpsLink:
+    label: str
+    url: str
+    title: str
+
+
+def ops_links() -> list[OpsLink]:
+    """Where an operator goes from the console: Grafana (only when
+    ``GATEWAY_GRAFANA_URL`` is set), this node's ``/metrics`` and the API docs."""
+    links = []
+    if gateway_settings.grafana_url:
+        links.append(OpsLink("Grafana", gateway_settings.grafana_url,
+                             "The gateway's Grafana dashboard (GATEWAY_GRAFANA_URL)"))
+    links.append(OpsLink("Metrics", "/metrics",
+                         "This node's Prometheus metrics (loopback and private networks, "
+                         "or GATEWAY_METRICS_TOKEN)"))
+    links.append(OpsLink("API docs", reverse("api-docs"), "The REST API (OpenAPI)"))
+    return links
+
+
 # --- Dashboard data -----------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +334,9 @@ class ConsoleAdminSite(admin.AdminSite):
     site_title = "Push gateway"
     index_title = "Dashboard"
     index_template = "admin/console/dashboard.html"
+
+    def each_context(self, request: HttpRequest) -> dict[str, Any]:
+        return {**super().each_context(request), "ops_links": ops_links()}
 
     def get_urls(self) -> list[URLResolver | URLPattern]:
         console = [
