@@ -216,7 +216,7 @@ class PushLogAdmin(admin.ModelAdmin):
             "", '<tr><td><a href="{}">{}</a> <span class="console-badge console-{}">{}</span>'
                 "</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (reverse("admin:sessions_app_node_change", args=[r.node_id]), r.node_id,
+                (reverse("admin:console_node", args=[r.node_id]), r.node_id,
                  health(r.node_id), health(r.node_id), r.delivered, r.acked,
                  when(r.updated_at))
                 for r in rows
