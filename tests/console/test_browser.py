@@ -254,3 +254,114 @@ def test_operator_finds_a_user_and_disconnects_the_session(gateway: GatewayProce
         expect(page.locator(".console-verdict")).to_contain_text("4010")
     finally:
         clients.close()
+
+
+# --- Layout at a laptop's and a phone's width, and the id search (issue #17) --------------
+
+def sign_in(page: Page, gateway: GatewayProcess) -> None:
+    page.goto(f"{gateway.url}/admin/login/?next=/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    expect(page.locator("#console-live")).to_be_visible()
+
+
+def overflow(page: Page) -> dict[str, Any]:
+    """How wide the document is against the window: a page that scrolls sideways has
+    ``scrollWidth`` over ``innerWidth``. ``culprits``: the outermost elements reaching past
+    the window's right edge, for the failure message."""
+    return page.evaluate("""(() => {
+      const inner = window.innerWidth, out = [];
+      for (const el of document.body.querySelectorAll('*')) {
+        const r = el.getBoundingClientRect();
+        if (r.width && r.right > inner + 0.5 && !(el.parentElement
+            && el.parentElement.getBoundingClientRect().right > inner + 0.5)) {
+          out.push(el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
+                   + (el.className && el.className.baseVal === undefined
+                      ? '.' + String(el.className).trim().split(/\\s+/).join('.') : '')
+                   + ' ' + Math.round(r.right));
+        }
+      }
+      return {scroll: document.scrollingElement.scrollWidth, inner: inner,
+              culprits: out.slice(0, 5)};
+    })()""")
+
+
+def test_layout_at_1400_and_390_px_and_the_id_search(gateway: GatewayProcess,
+                                                     page: Page) -> None:
+    key = gateway.api_key("shop")
+    gateway.manage("shell", "-c", SEED % {"password": PASSWORD})
+    clients = WsClients(gateway)
+    try:
+        clients.connect("alice", plan="pro")
+        with httpx.Client(base_url=gateway.url, trust_env=False, timeout=10,
+                          headers={"Authorization": f"Token {key}"}) as api:
+            response = api.post("/api/v1/push", json={
+                "users": ["alice"], "topic": "orders.shipped.notification",
+                "data": {"hello": "alice"}})
+            assert response.status_code == 202, response.text
+            push_id = response.json()["id"]
+            # A refused request, so the dashboard's rejections table has a row.
+            assert api.post("/api/v1/push", json={"users": []}).status_code == 400
+        sign_in(page, gateway)
+        expect(page.locator("#console-live .console-card", has_text="Connections")
+               .locator(".console-card-value")).to_have_text("1", timeout=15_000)
+
+        # 1,400 px: the push list shows Published, Delivered, Acked and Error, in view.
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.goto(f"{gateway.url}/admin/push_app/pushlog/")
+        expect(page.locator("#result_list tbody tr").first).to_be_visible()
+        for column in ("published_at", "delivered", "acked", "error_short"):
+            header = page.locator(f"#result_list thead th.column-{column}")
+            expect(header).to_be_visible()
+            box = header.bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 1400, (column, box)
+        results = page.evaluate("(() => { const r = document.querySelector('.results');"
+                                " return {scroll: r.scrollWidth, client: r.clientWidth}; })()")
+        assert results["scroll"] <= results["client"], results
+        assert overflow(page)["scroll"] <= 1400
+        shot(page, "pushlogs-1400.png")
+
+        # 390 px (a phone): no page scrolls sideways.
+        page.set_viewport_size({"width": 390, "height": 844})
+        pages = {
+            "dashboard": "/admin/",
+            "pushlogs": "/admin/push_app/pushlog/",
+            "push": f"/admin/push_app/pushlog/{push_id}/change/",
+            "user": "/admin/console/user/?q=alice",
+            "sessions": "/admin/sessions_app/sessionrecord/",
+            "nodes": "/admin/sessions_app/node/",
+            "node": "/admin/console/node/e2e-console/",
+            "apiclients": "/admin/push_app/apiclient/",
+            "audit": "/admin/push_app/auditevent/",
+        }
+        too_wide = {}
+        for name, path in pages.items():
+            response = page.goto(f"{gateway.url}{path}")
+            assert response is not None and response.status == 200, (name, path)
+            page.wait_for_load_state("load")
+            size = overflow(page)
+            if size["scroll"] > size["inner"]:
+                too_wide[name] = size
+            shot(page, f"phone-{name}.png")
+        assert too_wide == {}, f"pages that scroll sideways at 390 px: {too_wide}"
+
+        # The id search: a push id's start (and the start…end the tables show) finds the
+        # push; an unknown id says so and offers no "Disconnect all".
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.goto(f"{gateway.url}/admin/")
+        page.fill("#console-q", push_id[:20])
+        page.press("#console-q", "Enter")
+        expect(page).to_have_url(f"{gateway.url}/admin/push_app/pushlog/{push_id}/change/")
+        expect(page.locator(".field-id")).to_contain_text(push_id)
+        page.fill("#console-find-q", f"{push_id[:6]}…{push_id[-7:]}")
+        page.press("#console-find-q", "Enter")
+        expect(page).to_have_url(f"{gateway.url}/admin/push_app/pushlog/{push_id}/change/")
+        unknown = "0" * 12 + "feedfacefeedface"
+        page.fill("#console-find-q", unknown)
+        page.press("#console-find-q", "Enter")
+        expect(page.locator(".console-not-found")).to_contain_text("Not found")
+        expect(page.locator("text=Disconnect all")).to_have_count(0)
+        shot(page, "not-found.png")
+    finally:
+        clients.close()
