@@ -21,6 +21,7 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
+    HttpResponseBase,
     HttpResponseRedirect,
     StreamingHttpResponse,
 )
@@ -152,7 +153,7 @@ class PushLogAdmin(admin.ModelAdmin):
                  **(extra_context or {})}
         return super().changelist_view(request, extra_context=extra)
 
-    def export_view(self, request: HttpRequest) -> HttpResponse:
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
         """The list as CSV, with the same filters and search (``console.pushlogs``)."""
         if not self.has_view_permission(request):
             raise PermissionDenied

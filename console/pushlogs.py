@@ -71,22 +71,24 @@ class CreatedFilter(admin.ListFilter):
                 value = params.pop(name)
                 self.used_parameters[name] = value[-1] if isinstance(value, list) else value
 
-    def expected_parameters(self) -> list[str]:
+    def expected_parameters(self) -> list[str | None]:
         return [self.quick_param, self.from_param, self.to_param]
 
     def has_output(self) -> bool:
         return True
 
+    def _param(self, name: str) -> str:
+        return str(self.used_parameters.get(name) or "")
+
     def bounds(self) -> tuple[datetime | None, datetime | None]:
         """``(from, to)`` of what the request asked; None where open."""
-        quick = self.used_parameters.get(self.quick_param)
+        quick = self._param(self.quick_param)
         if quick:
             window = next((w for v, _, w in WINDOWS if v == quick), None)
             if window is None:
                 raise IncorrectLookupParameters(f"no window {quick!r}")
             return self.clock() - window, None
-        start = self.used_parameters.get(self.from_param) or ""
-        end = self.used_parameters.get(self.to_param) or ""
+        start, end = self._param(self.from_param), self._param(self.to_param)
         return (parse_moment(start) if start else None, parse_moment(end) if end else None)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
@@ -98,9 +100,9 @@ class CreatedFilter(admin.ListFilter):
         return queryset
 
     def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:
-        mine = self.expected_parameters()
-        quick = self.used_parameters.get(self.quick_param)
-        custom = not quick and any(self.used_parameters.get(p) for p in mine[1:])
+        mine = [self.quick_param, self.from_param, self.to_param]
+        quick = self._param(self.quick_param)
+        custom = not quick and any(self._param(p) for p in mine[1:])
         yield {"selected": not quick and not custom, "display": "Any time",
                "query_string": changelist.get_query_string(remove=mine)}
         for value, label, _ in WINDOWS:
@@ -111,11 +113,11 @@ class CreatedFilter(admin.ListFilter):
     def form_context(self) -> dict[str, Any]:
         """What the custom-range form shows: its values, and the request's other
         parameters as hidden fields (so applying a range keeps the other filters)."""
-        skip = {*self.expected_parameters(), "p", "e"}
+        skip = {self.quick_param, self.from_param, self.to_param, "p", "e"}
         return {
             "from_param": self.from_param, "to_param": self.to_param,
-            "from_value": self.used_parameters.get(self.from_param, ""),
-            "to_value": self.used_parameters.get(self.to_param, ""),
+            "from_value": self._param(self.from_param),
+            "to_value": self._param(self.to_param),
             "hidden": [(k, v) for k, values in self.request.GET.lists() if k not in skip
                        for v in values],
         }

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
-from rest_framework.authentication import get_authorization_header
 
 from gateway_core import bridge
 from gateway_core.middleware import is_api
@@ -38,9 +37,10 @@ class RejectionCountMiddleware:
 
 def count_refusal(request: HttpRequest, response: HttpResponse) -> None:
     body = _json_body(response)
-    client_id = client_id_for_refusal(
-        get_authorization_header(request), str(request.META.get("REMOTE_ADDR") or ""),
-        bridge.rate_limits().auth_failures)
+    # As DRF's get_authorization_header reads it: bytes, latin-1.
+    header = request.META.get("HTTP_AUTHORIZATION", "").encode("iso-8859-1", "replace")
+    address = str(request.META.get("REMOTE_ADDR") or "")
+    client_id = client_id_for_refusal(header, address, bridge.rate_limits().auth_failures)
     bridge.rejected(client_id=client_id, status=response.status_code,
                     code=str(body.get("error", "")), detail=str(body.get("detail", "")))
 
