@@ -14,10 +14,17 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import DateFieldListFilter
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseBase,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -27,6 +34,7 @@ from django.utils.text import Truncator
 
 from console.admin_site import StrictActionsMixin, audit_operator, user_url
 from console.ids import id_html
+from console.pushlogs import CreatedFilter, csv_rows
 from console.when import when
 from gateway_core import bridge
 from gateway_core.tenancy import SCOPES
@@ -88,7 +96,7 @@ class TestPushForm(forms.Form):
 class PushLogAdmin(admin.ModelAdmin):
     list_display = ("push_id", "status_badge", "client_name", "app", "targets", "topic",
                     "size", "created_at", "published_at", "delivered", "acked", "error_short")
-    list_filter = ("status", "app", "client", ("created_at", DateFieldListFilter), "broadcast")
+    list_filter = ("status", "app", "client", CreatedFilter, "broadcast")
     list_display_links = None  # push_id links itself, beside its copy button
     list_select_related = ("client",)
     search_fields = ("=id", "=idempotency_key")
@@ -135,6 +143,8 @@ class PushLogAdmin(admin.ModelAdmin):
         return [
             path("test-push/", self.admin_site.admin_view(self.test_push_view),
                  name="{}_{}_test_push".format(*info)),
+            path("export.csv", self.admin_site.admin_view(self.export_view),
+                 name="{}_{}_export".format(*info)),
             *super().get_urls(),
         ]
 
@@ -143,6 +153,21 @@ class PushLogAdmin(admin.ModelAdmin):
         extra = {"can_test_push": self.has_test_push_permission(request),
                  **(extra_context or {})}
         return super().changelist_view(request, extra_context=extra)
+
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
+        """The list as CSV, with the same filters and search (``console.pushlogs``)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        # The changelist's own filtering, so the export is exactly what the list shows.
+        try:
+            queryset = self.get_changelist_instance(request).get_queryset(request)
+        except IncorrectLookupParameters as exc:
+            return HttpResponseBadRequest(f"Bad filter: {exc}", content_type="text/plain")
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response = StreamingHttpResponse(csv_rows(queryset), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="push-logs-{stamp}.csv"'
+        response["Cache-Control"] = "no-store"
+        return response
 
     # Columns --------------------------------------------------------------------------
 
@@ -193,7 +218,7 @@ class PushLogAdmin(admin.ModelAdmin):
             "", '<tr><td><a href="{}">{}</a> <span class="console-badge console-{}">{}</span>'
                 "</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (reverse("admin:sessions_app_node_change", args=[r.node_id]), r.node_id,
+                (reverse("admin:console_node", args=[r.node_id]), r.node_id,
                  health(r.node_id), health(r.node_id), r.delivered, r.acked,
                  when(r.updated_at))
                 for r in rows

@@ -67,12 +67,18 @@ def _actor_id(request: HttpRequest) -> int:
 
 @admin.register(Node)
 class NodeAdmin(ReadOnlyAdmin):
-    list_display = ("id", "health", "address", "broker", "last_seen", "seen_ago", "connections",
-                    "users", "started_at", "sessions_link")
+    list_display = ("node_link", "health", "address", "broker", "last_seen", "seen_ago",
+                    "connections", "users", "started_at", "sessions_link")
+    list_display_links = None  # the id opens the node's page (console/node/<id>/)
     search_fields = ("id", "address")
-    fields = ("id", "health", "address", "broker", "started_at", "last_seen", "stopped_at",
-              "connections", "users", "sessions_link")
+    fields = ("node_link", "health", "address", "broker", "started_at", "last_seen",
+              "stopped_at", "connections", "users", "sessions_link")
     readonly_fields = fields
+
+    @admin.display(description="node", ordering="id")
+    def node_link(self, obj: Node) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("admin:console_node", args=[obj.id]),
+                           obj.id)
 
     @admin.display(description="health")
     def health(self, obj: Node) -> str:
@@ -201,7 +207,7 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
     @admin.display(description="node", ordering="node_id")
     def node_link(self, obj: SessionRecord) -> str:
         return format_html('<a href="{}">{}</a>',
-                           reverse("admin:sessions_app_node_change", args=[obj.node_id]),
+                           reverse("admin:console_node", args=[obj.node_id]),
                            obj.node_id)
 
     @admin.display(description="state")

@@ -20,7 +20,13 @@ from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 from django.utils import timezone
@@ -47,12 +53,17 @@ from push_app.selectors import (
     waiting_count,
 )
 from push_app.services import audit_record
-from sessions_app.models import SessionRecord
+from sessions_app.models import Node, SessionRecord
 from sessions_app.selectors import (
+    ConnectionPoint,
     NodeHealth,
     alive_since,
     close_label,
+    connection_series,
     live_totals,
+    node_live_counts,
+    node_sessions,
+    node_state,
     nodes_health,
     session_exists,
     session_state,
@@ -85,6 +96,27 @@ def has_view(user: Any, *perms: str) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class OpsLink:
+    label: str
+    url: str
+    title: str
+
+
+def ops_links() -> list[OpsLink]:
+    """Where an operator goes from the console: Grafana (only when
+    ``GATEWAY_GRAFANA_URL`` is set), this node's ``/metrics`` and the API docs."""
+    links = []
+    if gateway_settings.grafana_url:
+        links.append(OpsLink("Grafana", gateway_settings.grafana_url,
+                             "The gateway's Grafana dashboard (GATEWAY_GRAFANA_URL)"))
+    links.append(OpsLink("Metrics", "/metrics",
+                         "This node's Prometheus metrics (loopback and private networks, "
+                         "or GATEWAY_METRICS_TOKEN)"))
+    links.append(OpsLink("API docs", reverse("api-docs"), "The REST API (OpenAPI)"))
+    return links
+
+
 # --- Dashboard data -----------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +138,8 @@ class Dashboard:
     waiting: int
     #: Refused API requests in the last hour, per client, busiest first.
     rejections: list[Rejections]
+    #: Connections open at the end of each minute of the last hour, cluster-wide.
+    connection_series: list[ConnectionPoint]
 
     @property
     def rejected(self) -> int:
@@ -122,7 +156,7 @@ class Dashboard:
 
 
 def dashboard_data(*, now: datetime | None = None) -> Dashboard:
-    """Everything the dashboard shows, in nine queries whatever the cluster's size."""
+    """Everything the dashboard shows, in ten queries whatever the cluster's size."""
     now = now or timezone.now()
     timeout_s = gateway_settings.node_timeout_s
     health = nodes_health(now=now, timeout_s=timeout_s)
@@ -139,6 +173,7 @@ def dashboard_data(*, now: datetime | None = None) -> Dashboard:
         failures=recent_failures(since=now - timedelta(hours=1)),
         waiting=waiting_count(),
         rejections=rejections_since(since=now - timedelta(hours=1)),
+        connection_series=connection_series(now=now, minutes=60, timeout_s=timeout_s),
     )
 
 
@@ -175,6 +210,10 @@ def dashboard_json(data: Dashboard) -> dict[str, Any]:
             {"start": b.start.isoformat(), "pushes": b.pushes, "delivered": b.delivered,
              "acked": b.acked, "failed": b.failed}
             for b in data.series
+        ],
+        "connections_series": [
+            {"at": p.at.isoformat(), "connections": p.connections}
+            for p in data.connection_series
         ],
         "failures": [
             {"id": log.id, "client": log.client.name if log.client else None,
@@ -238,6 +277,65 @@ def chart(series: list[MinuteBucket]) -> dict[str, Any]:
         "top": top, "mid": f"{top / 2:g}", "y_mid": y(top / 2),
         "bars": bars, "line": " ".join(points), "labels": labels,
         "label_y": CHART_H - 5,
+    }
+
+
+def connections_chart(points: list[ConnectionPoint]) -> dict[str, Any]:
+    """The connections line: one point per minute, the last one now."""
+    top = _nice_ceiling(max([1, *(p.connections for p in points)]))
+    plot_w, plot_h = CHART_W - CHART_LEFT, CHART_H - CHART_BOTTOM
+    step = plot_w / max(1, len(points) - 1)
+
+    def y(value: float) -> float:
+        return round(plot_h - value / top * plot_h, 1)
+
+    coords, dots, labels = [], [], []
+    for i, point in enumerate(points):
+        x = round(CHART_LEFT + i * step, 1)
+        coords.append(f"{x},{y(point.connections)}")
+        dots.append({"x": x, "y": y(point.connections),
+                     "title": f"{point.at:%H:%M:%S} UTC: {point.connections} connections"})
+        last = i == len(points) - 1
+        if (len(points) - 1 - i) % 15 == 0:
+            labels.append({"x": x, "anchor": "end" if last else "start",
+                           "text": f"{point.at:%H:%M}"})
+    return {
+        "w": CHART_W, "h": CHART_H, "left": CHART_LEFT, "plot_h": plot_h,
+        "top": top, "mid": f"{top / 2:g}", "y_mid": y(top / 2),
+        "line": " ".join(coords), "dots": dots, "labels": labels, "label_y": CHART_H - 5,
+        "now": points[-1].connections if points else 0,
+    }
+
+
+# --- A node's page: its health, sessions and users ----------------------------------------
+
+#: How many of a node's live sessions, and of its latest closed ones, its page lists.
+NODE_SESSIONS_SHOWN = 100
+NODE_CLOSED_SHOWN = 20
+
+
+def node_page_data(node: Node, *, now: datetime | None = None) -> dict[str, Any]:
+    """What a node's page shows, in six queries however many sessions it holds."""
+    now = now or timezone.now()
+    since = alive_since(now=now)
+    state = node_state(node, since=since)
+    live = node_sessions(node_id=node.id, live=True, limit=NODE_SESSIONS_SHOWN, since=since)
+    counts = node_live_counts(node_id=node.id, since=since)
+    rates = node_rates(now=now, window_s=RATE_WINDOW_S).get(node.id, NodeRates())
+    users: dict[str, int] = {}
+    for record in live:
+        users[record.user_id] = users.get(record.user_id, 0) + 1
+    return {
+        "node": node, "state": state,
+        "seen_ago": NodeHealth(node=node, state=state,
+                               seen_ago_s=max(0.0, (now - node.last_seen).total_seconds())
+                               ).seen_ago,
+        "live": live, "live_count": counts["sessions"], "user_count": counts["users"],
+        "users": sorted(users.items()), "shown": NODE_SESSIONS_SHOWN,
+        "closed": [(r, close_label(r.close_code)) for r in node_sessions(
+            node_id=node.id, live=False, limit=NODE_CLOSED_SHOWN)],
+        "rates": rates, "rate_window_min": RATE_WINDOW_S // 60,
+        "chart": connections_chart(connection_series(now=now, minutes=60, node_id=node.id)),
     }
 
 
@@ -314,12 +412,17 @@ class ConsoleAdminSite(admin.AdminSite):
     index_title = "Dashboard"
     index_template = "admin/console/dashboard.html"
 
+    def each_context(self, request: HttpRequest) -> dict[str, Any]:
+        return {**super().each_context(request), "ops_links": ops_links()}
+
     def get_urls(self) -> list[URLResolver | URLPattern]:
         console = [
             path("console/live/", self.admin_view(self.live_view), name="console_live"),
             path("console/dashboard.json", self.admin_view(self.json_view),
                  name="console_json"),
             path("console/user/", self.admin_view(self.user_view), name="console_user"),
+            path("console/node/<str:node_id>/", self.admin_view(self.node_view),
+                 name="console_node"),
         ]
         return console + super().get_urls()
 
@@ -333,6 +436,7 @@ class ConsoleAdminSite(admin.AdminSite):
         data = dashboard_data()
         return {
             "dash": data, "hour": data.hour, "chart": chart(data.series),
+            "connections_chart": connections_chart(data.connection_series),
             "refresh_ms": REFRESH_MS, "rate_window_min": RATE_WINDOW_S // 60,
             "sessions_url": reverse("admin:sessions_app_sessionrecord_changelist",
                                     current_app=self.name),
@@ -356,6 +460,24 @@ class ConsoleAdminSite(admin.AdminSite):
         if not self.can_view_dashboard(request):
             raise PermissionDenied
         return JsonResponse(dashboard_json(dashboard_data()))
+
+    # Node ------------------------------------------------------------------------------
+
+    def node_view(self, request: HttpRequest, node_id: str) -> HttpResponse:
+        """One node: health, times, counts, its connections over the last hour, its live
+        sessions and users, its latest closed sessions."""
+        if not has_view(request.user, "sessions_app.view_node",
+                        "sessions_app.view_sessionrecord"):
+            raise PermissionDenied
+        node = Node.objects.filter(pk=node_id).first()
+        if node is None:
+            raise Http404(f"No node {node_id!r} is recorded.")
+        context = {
+            **self.each_context(request), **node_page_data(node), "title": f"Node {node.id}",
+            "sessions_url": reverse("admin:sessions_app_sessionrecord_changelist",
+                                    current_app=self.name),
+        }
+        return TemplateResponse(request, "admin/console/node.html", context)
 
     # User ------------------------------------------------------------------------------
 

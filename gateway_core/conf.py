@@ -150,6 +150,13 @@ class GatewaySettings(SettingsGroup):
         django="GATEWAY_CONNECTIONS_CEILING", default=10_000, docs=(EXTRA, ALERTS),
         doc="connections a node is sized for (metric and alert; 0: no ceiling alert)",
     )
+    grafana_url = Setting(
+        # Only linked, never fetched: the console shows a link to it when it is set.
+        Text(), env="GATEWAY_GRAFANA_URL", django="GATEWAY_GRAFANA_URL", default="",
+        docs=EXTRA,
+        doc="the gateway's Grafana dashboard, e.g. `https://grafana.example.com/d/gateway`; "
+        "the console's header and dashboard link to it when set",
+    )
 
 
 gateway_settings = GatewaySettings()

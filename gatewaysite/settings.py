@@ -73,7 +73,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First: answers a bad Host before any other middleware asks for it, and keeps every
+    # Outermost: counts the API's 4xx answers no view counted (413, bad Host, unknown path).
+    "push_app.api.middleware.RejectionCountMiddleware",
+    # Then: answers a bad Host before any other middleware asks for it, and keeps every
     # answer under /api/ JSON, whichever middleware or view made it.
     "gateway_core.middleware.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",

@@ -4,7 +4,7 @@ Counting happens in memory (``RejectionCounter.count``: no database write per re
 on the hot path's event loop and in the DRF views' threads alike, so under a lock. The
 node's housekeeping takes what was counted and ``write``\\ s it, as increments, to
 ``ApiRejections``: one row per client, node and minute. A request no client could be
-found for (a 401 for a missing or unknown key, a 403 for a deactivated one) is counted
+found for (a 401 for a missing or unknown key) is counted
 with ``client_id`` None, the console's "unauthenticated" line.
 """
 

@@ -140,6 +140,66 @@ def user_sessions(*, user_id: str, limit: int = 25) -> list[SessionRecord]:
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionPoint:
+    at: datetime
+    connections: int
+
+
+def connection_series(*, now: datetime | None = None, minutes: int = 60,
+                      node_id: str | None = None, timeout_s: int | None = None
+                      ) -> list[ConnectionPoint]:
+    """Connections open at the end of each of the last ``minutes`` minutes (the last point
+    is ``now``), across the cluster or on one node. One query.
+
+    Nodes keep no history of their counts (a beat overwrites ``Node.connections``), so the
+    series is derived from the sessions' recorded open and close times: a session counts
+    from ``connected_at`` until ``closed_at``, and only while its node was alive (beat
+    within the node timeout), so the sessions of a node that died stop counting when it
+    died, not when another node expired them. A connection younger than the record
+    interval is not recorded yet, and pruned sessions (``prunegateway``) are gone.
+    """
+    now = now or timezone.now()
+    timeout = timedelta(seconds=timeout_s if timeout_s is not None
+                        else gateway_settings.node_timeout_s)
+    first = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
+    points = [min(first + timedelta(minutes=i + 1), now) for i in range(minutes)]
+    rows = SessionRecord.objects.filter(
+        Q(closed_at__isnull=True) | Q(closed_at__gt=first), connected_at__lte=now,
+        node__last_seen__gte=first - timeout,
+    )
+    if node_id is not None:
+        rows = rows.filter(node_id=node_id)
+    counts = rows.aggregate(**{
+        f"p{i}": Count("id", filter=Q(connected_at__lte=at, node__last_seen__gte=at - timeout)
+                       & (Q(closed_at__isnull=True) | Q(closed_at__gt=at)))
+        for i, at in enumerate(points)
+    })
+    return [ConnectionPoint(at=at, connections=counts[f"p{i}"] or 0)
+            for i, at in enumerate(points)]
+
+
+def node_sessions(*, node_id: str, live: bool, limit: int,
+                  since: datetime | None = None) -> list[SessionRecord]:
+    """A node's live sessions (oldest first) or its latest closed ones (newest first).
+    One query."""
+    since = since or alive_since()
+    rows = SessionRecord.objects.filter(node_id=node_id)
+    if live:
+        rows = rows.filter(session_state_q("live", since=since)).order_by("connected_at")
+    else:
+        rows = rows.filter(closed_at__isnull=False).order_by("-closed_at")
+    return list(rows[:limit])
+
+
+def node_live_counts(*, node_id: str, since: datetime | None = None) -> dict[str, int]:
+    """A node's live sessions and distinct users, as recorded. One query."""
+    since = since or alive_since()
+    return SessionRecord.objects.filter(node_id=node_id).filter(
+        session_state_q("live", since=since)
+    ).aggregate(sessions=Count("id"), users=Count("user_id", distinct=True))
+
+
 def session_exists(*, session_id: str) -> bool:
     """Whether a session of this id is recorded. One query."""
     return SessionRecord.objects.filter(pk=session_id).exists()

@@ -24,7 +24,7 @@ from gateway_core import bridge
 from gateway_core.ratelimit import TokenBuckets
 from push_app.api.throttling import AuthFailureThrottle
 from push_app.models import ApiClient
-from push_app.services import api_client_for_key, api_client_touch
+from push_app.services import api_client_for_key, api_client_touch, api_key_plausible
 from push_app.writer import ClientRef
 
 
@@ -37,7 +37,10 @@ class ApiKeyAuthentication(BaseAuthentication):
             key = key_from_header(get_authorization_header(request))
             if key is None:
                 return None
-            client = check_client(api_client_for_key(key))
+            found = api_client_for_key(key)
+            # A deactivated client's 403 is counted against it (``errors.count_rejected``).
+            note_client(request, found)
+            client = check_client(found)
         api_client_touch(client)
         return client, client
 
@@ -94,6 +97,44 @@ def refusals_counted(address: str, failures: TokenBuckets[str]) -> Iterator[None
     except exceptions.AuthenticationFailed:
         throttle.failed(address)
         raise
+
+
+def note_client(request: Any, client: ApiClient | None) -> None:
+    """Remember on the Django request the client a key found, active or not, so that a
+    refusal is counted for it even when authentication itself refused (403)."""
+    if client is not None:
+        http = getattr(request, "_request", request)
+        http.gateway_api_client = client
+
+
+def noted_client(request: Any) -> ApiClient | None:
+    """The client ``note_client`` remembered on ``request`` (a DRF or Django request)."""
+    http = getattr(request, "_request", request)
+    client = getattr(http, "gateway_api_client", None)
+    return client if isinstance(client, ApiClient) else None
+
+
+def client_id_for_refusal(header: bytes, address: str, failures: TokenBuckets[str]
+                          ) -> int | None:
+    """The id of the client whose key a request refused before authentication carried
+    (a 413 for its size, a bad ``Host``, an unknown path), for counting the refusal; None
+    without a key, for a malformed or unknown one, or when ``address`` has spent its
+    failed-authentication budget. An unknown key spends one attempt of that budget, as in
+    authentication, so refusals with made-up keys cannot buy unbounded lookups."""
+    try:
+        key = key_from_header(header)
+    except exceptions.AuthenticationFailed:
+        return None
+    if key is None or not api_key_plausible(key):
+        return None
+    throttle = AuthFailureThrottle(failures)
+    if throttle.wait(address) is not None:
+        return None
+    client = api_client_for_key(key)
+    if client is None:
+        throttle.failed(address)
+        return None
+    return int(client.pk)
 
 
 def check_client(client: ApiClient | None) -> ApiClient:

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from gateway_core import bridge
+from push_app.api.authentication import noted_client
 from push_app.errors import PushUnavailable
 from push_app.models import ApiClient
 from push_app.validation import RequestInvalid
@@ -91,14 +92,29 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 def count_rejected(request: Any, status: int, body: Any) -> None:
     """Count a refused request for its client (``gateway_core.bridge.rejected``); a
     request whose key found no client counts as unauthenticated."""
-    if not bridge.installed():
+    if not bridge.installed() or request is None:
         return
-    # ``_auth``, not ``auth``: reading ``auth`` would authenticate again.
+    # ``_auth``, not ``auth``: reading ``auth`` would authenticate again. A deactivated
+    # client's key never became ``_auth`` (its 403 is raised while authenticating), but the
+    # key found the client: the refusal is that client's, not an unauthenticated one.
     client = getattr(request, "_auth", None)
+    if not isinstance(client, ApiClient):
+        client = noted_client(request)
+    mark_counted(request)
     body = body if isinstance(body, dict) else {}
-    bridge.rejected(client_id=client.pk if isinstance(client, ApiClient) else None,
+    bridge.rejected(client_id=client.pk if client is not None else None,
                     status=status,
                     code=str(body.get("error", "")), detail=str(body.get("detail", "")))
+
+
+def mark_counted(request: Any) -> None:
+    """Tell ``RejectionCountMiddleware`` that this request's refusal is counted already."""
+    http = getattr(request, "_request", request)
+    http.gateway_rejection_counted = True
+
+
+def is_counted(request: Any) -> bool:
+    return bool(getattr(request, "gateway_rejection_counted", False))
 
 
 def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:

@@ -42,6 +42,7 @@ from push_app.api.authentication import (
     check_client,
     check_scope,
     client_deactivated,
+    client_id_for_refusal,
     key_from_header,
     not_authenticated,
     refusals_counted,
@@ -108,10 +109,15 @@ class PushNode(Protocol):
 class _Caller:
     """Who made a request, once its key is known: whom a refusal is counted for."""
 
-    __slots__ = ("client",)
+    __slots__ = ("address", "authorization", "client", "key_checked")
 
     def __init__(self) -> None:
         self.client: ClientRef | None = None
+        #: Whether authentication looked at the key: a refusal before it (413, bad Host)
+        #: still names the key's client when the key is known (``client_for_refusal``).
+        self.key_checked = False
+        self.authorization = b""
+        self.address = ""
 
 
 class PushRoutes:
@@ -149,8 +155,11 @@ class PushRoutes:
             logger.exception("POST %s failed", scope["path"])
             status, body, headers = 500, error_body("server_error", "internal error"), {}
         if 400 <= status < 500:
+            client_id = caller.client.pk if caller.client else None
+            if client_id is None and not caller.key_checked:
+                client_id = await self.client_for_refusal(caller)
             self.node().rejections.count(
-                client_id=caller.client.pk if caller.client else None, status=status,
+                client_id=client_id, status=status,
                 code=str(body.get("error", "")), detail=str(body.get("detail", "")))
         raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         if "\u2028" in raw or "\u2029" in raw:  # as DRF's JSONRenderer: safe inside <script>
@@ -166,15 +175,18 @@ class PushRoutes:
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             headers[name] = value  # ASGI servers lower-case the names
+        peer = scope.get("client")
+        caller.authorization = headers.get(b"authorization", b"")
+        caller.address = str(peer[0]) if peer else ""
         self._check_host(headers.get(b"host"), scope)
         # Before the key is looked up, as gateway_core.middleware does for the DRF views.
         declared = headers.get(b"content-length")
         check_declared_length(None if declared is None else declared.decode("latin-1"),
                               gateway_settings.max_request_bytes)
         node = self.node()
-        peer = scope.get("client")
-        client = await self.authenticate(node, headers.get(b"authorization", b""),
-                                         str(peer[0]) if peer else "")
+        caller.key_checked = True
+        client = await self.authenticate(node, caller.authorization, caller.address,
+                                         caller=caller)
         caller.client = client
         check_scope(client.scopes, "push")
         wait_s = take_request(node.rate_limits.api_clients, client.pk)
@@ -210,7 +222,28 @@ class PushRoutes:
             bad_hosts.note(text, f"Invalid HTTP_HOST header: {text!r}.")
             raise BadHost()
 
-    async def authenticate(self, node: PushNode, header: bytes, address: str) -> ClientRef:
+    async def client_for_refusal(self, caller: _Caller) -> int | None:
+        """The client whose key a request refused before authentication carried: from
+        the key cache when it knows the key, else looked up (``client_id_for_refusal``,
+        bounded by the address's failed-authentication budget)."""
+        try:
+            key = key_from_header(caller.authorization)
+        except AuthenticationFailed:
+            return None
+        if key is None:
+            return None
+        key_hash = services.api_key_hash(key)
+        known = self.keys.get(key_hash)
+        if known is not None:
+            return known.pk
+        if self.keys.is_unknown(key_hash):
+            return None
+        node = self.node()
+        return await node.db(client_id_for_refusal, caller.authorization, caller.address,
+                             node.rate_limits.auth_failures)
+
+    async def authenticate(self, node: PushNode, header: bytes, address: str, *,
+                           caller: _Caller | None = None) -> ClientRef:
         """As ``ApiKeyAuthentication``, with the lookups cached: a key known good costs
         nothing (and is not held back by its address's failures), and a key of
         impossible shape or found unknown lately is refused without a lookup."""
@@ -231,6 +264,9 @@ class PushRoutes:
             row = await node.db(_look_up_key, key)
             if row is None:
                 self.keys.put_unknown(key_hash)
+            elif not row.is_active and caller is not None:
+                # Its 403 is this client's refusal, not an unauthenticated one.
+                caller.client = ClientRef(pk=row.pk, name=row.name, key_hash=row.key_hash)
             return self.keys.put(check_client(row))
 
     async def push_one(self, node: PushNode, client: ClientRef, data: Any) -> Answer:

@@ -51,7 +51,7 @@ def test_an_app_id_that_cannot_be_a_kid_is_refused(operator, bad):
 
 
 def test_rotation_keeps_the_previous_secret_until_it_is_dropped(operator):
-    app, first = app_create(app_id="bank")
+    _, first = app_create(app_id="bank")
     url = reverse("admin:push_app_app_secret", args=["bank"])
     assert "Rotate secret" in operator.get(url).content.decode()
     response = operator.post(url, {"do": "rotate"})

@@ -15,11 +15,13 @@ import asyncio
 import json
 import shutil
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import jwt
 import pytest
 import websockets
 
@@ -88,12 +90,13 @@ class WsClients:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def connect(self, user: str, **meta: str) -> dict[str, Any]:
-        """Connect ``user``, read the welcome, then keep the client alive (pings, acks)
-        until the server closes it; ``self.closed[user]`` resolves to the close code."""
+    def connect(self, user: str, token: str | None = None, **meta: str) -> dict[str, Any]:
+        """Connect ``user`` (with ``token``, else a token of the app ``default``), read the
+        welcome, then keep the client alive (pings, acks) until the server closes it;
+        ``self.closed[user]`` resolves to the close code."""
 
         async def open_() -> tuple[Any, dict[str, Any]]:
-            ws = await ws_connect(self.gw, make_token(user, meta=meta),
+            ws = await ws_connect(self.gw, token or make_token(user, meta=meta),
                                   user_agent_header="ConsoleE2E/1.0 (websockets)")
             return ws, await recv_json(ws)
 
@@ -252,5 +255,165 @@ def test_operator_finds_a_user_and_disconnects_the_session(gateway: GatewayProce
         page.goto(f"{gateway.url}/admin/console/user/?q=alice")
         expect(page.locator(".console-verdict")).to_contain_text("alice is offline")
         expect(page.locator(".console-verdict")).to_contain_text("4010")
+    finally:
+        clients.close()
+
+
+# --- Layout at a laptop's and a phone's width, and the id search (issue #17) --------------
+
+def sign_in(page: Page, gateway: GatewayProcess) -> None:
+    page.goto(f"{gateway.url}/admin/login/?next=/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    expect(page.locator("#console-live")).to_be_visible()
+
+
+def overflow(page: Page) -> dict[str, Any]:
+    """How wide the document is against the window: a page that scrolls sideways has
+    ``scrollWidth`` over ``innerWidth``. ``culprits``: the outermost elements reaching past
+    the window's right edge, for the failure message."""
+    return page.evaluate("""(() => {
+      const inner = window.innerWidth, out = [];
+      for (const el of document.body.querySelectorAll('*')) {
+        const r = el.getBoundingClientRect();
+        if (r.width && r.right > inner + 0.5 && !(el.parentElement
+            && el.parentElement.getBoundingClientRect().right > inner + 0.5)) {
+          out.push(el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
+                   + (el.className && el.className.baseVal === undefined
+                      ? '.' + String(el.className).trim().split(/\\s+/).join('.') : '')
+                   + ' ' + Math.round(r.right));
+        }
+      }
+      return {scroll: document.scrollingElement.scrollWidth, inner: inner,
+              culprits: out.slice(0, 5)};
+    })()""")
+
+
+def test_layout_at_1400_and_390_px_and_the_id_search(gateway: GatewayProcess,
+                                                     page: Page) -> None:
+    key = gateway.api_key("shop")
+    gateway.manage("shell", "-c", SEED % {"password": PASSWORD})
+    clients = WsClients(gateway)
+    try:
+        clients.connect("alice", plan="pro")
+        with httpx.Client(base_url=gateway.url, trust_env=False, timeout=10,
+                          headers={"Authorization": f"Token {key}"}) as api:
+            response = api.post("/api/v1/push", json={
+                "users": ["alice"], "topic": "orders.shipped.notification",
+                "data": {"hello": "alice"}})
+            assert response.status_code == 202, response.text
+            push_id = response.json()["id"]
+            # A refused request, so the dashboard's rejections table has a row.
+            assert api.post("/api/v1/push", json={"users": []}).status_code == 400
+        sign_in(page, gateway)
+        expect(page.locator("#console-live .console-card", has_text="Connections")
+               .locator(".console-card-value")).to_have_text("1", timeout=15_000)
+
+        # 1,400 px: the push list shows Published, Delivered, Acked and Error, in view.
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.goto(f"{gateway.url}/admin/push_app/pushlog/")
+        expect(page.locator("#result_list tbody tr").first).to_be_visible()
+        for column in ("published_at", "delivered", "acked", "error_short"):
+            header = page.locator(f"#result_list thead th.column-{column}")
+            expect(header).to_be_visible()
+            box = header.bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 1400, (column, box)
+        results = page.evaluate("(() => { const r = document.querySelector('.results');"
+                                " return {scroll: r.scrollWidth, client: r.clientWidth}; })()")
+        widths = page.evaluate(
+            "(() => [...document.querySelectorAll('#result_list thead th')].map("
+            "th => th.className + ':' + Math.round(th.getBoundingClientRect().width)))()")
+        assert results["scroll"] <= results["client"], (results, widths)
+        assert overflow(page)["scroll"] <= 1400
+        shot(page, "pushlogs-1400.png")
+
+        # 390 px (a phone): no page scrolls sideways.
+        page.set_viewport_size({"width": 390, "height": 844})
+        pages = {
+            "dashboard": "/admin/",
+            "pushlogs": "/admin/push_app/pushlog/",
+            "push": f"/admin/push_app/pushlog/{push_id}/change/",
+            "user": "/admin/console/user/?q=alice",
+            "sessions": "/admin/sessions_app/sessionrecord/",
+            "nodes": "/admin/sessions_app/node/",
+            "node": "/admin/console/node/e2e-console/",
+            "apiclients": "/admin/push_app/apiclient/",
+            "audit": "/admin/push_app/auditevent/",
+        }
+        too_wide = {}
+        for name, path in pages.items():
+            response = page.goto(f"{gateway.url}{path}")
+            assert response is not None and response.status == 200, (name, path)
+            page.wait_for_load_state("load")
+            size = overflow(page)
+            if size["scroll"] > size["inner"]:
+                too_wide[name] = size
+            shot(page, f"phone-{name}.png")
+        assert too_wide == {}, f"pages that scroll sideways at 390 px: {too_wide}"
+
+        # The id search: a push id's start (and the start…end the tables show) finds the
+        # push; an unknown id says so and offers no "Disconnect all".
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.goto(f"{gateway.url}/admin/")
+        page.fill("#console-q", push_id[:20])
+        page.press("#console-q", "Enter")
+        expect(page).to_have_url(f"{gateway.url}/admin/push_app/pushlog/{push_id}/change/")
+        expect(page.locator(".field-id")).to_contain_text(push_id)
+        page.fill("#console-find-q", f"{push_id[:6]}…{push_id[-7:]}")
+        page.press("#console-find-q", "Enter")
+        expect(page).to_have_url(f"{gateway.url}/admin/push_app/pushlog/{push_id}/change/")
+        unknown = "0" * 12 + "feedfacefeedface"
+        page.fill("#console-find-q", unknown)
+        page.press("#console-find-q", "Enter")
+        expect(page.locator(".console-not-found")).to_contain_text("Not found")
+        expect(page.locator("text=Disconnect all")).to_have_count(0)
+        shot(page, "not-found.png")
+    finally:
+        clients.close()
+
+
+def test_the_app_filter_on_sessions_and_pushes(gateway: GatewayProcess, page: Page) -> None:
+    """Two apps with a user of the same id: the console's app filter shows one app's
+    sessions and pushes (PROTOCOL.md section 9), and the apps page lists both with keys."""
+    shop_key = gateway.api_key("shop")
+    gateway.manage("shell", "-c", SEED % {"password": PASSWORD})
+    bank_secret = gateway.manage("createapp", "bank").splitlines()[-1]
+    bank_key = gateway.manage("createapikey", "bank-backend", "--app", "bank").strip()
+    bank_token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, bank_secret,
+                            algorithm="HS256", headers={"kid": "bank"})
+    clients = WsClients(gateway)
+    try:
+        clients.connect("alice")
+        clients.connect("alice", token=bank_token)
+        for key in (shop_key, bank_key):
+            with httpx.Client(base_url=gateway.url, trust_env=False, timeout=10,
+                              headers={"Authorization": f"Token {key}"}) as api:
+                response = api.post("/api/v1/push", json={"users": ["alice"], "data": 1})
+                assert response.status_code == 202, response.text
+        sign_in(page, gateway)
+
+        # Both of alice's sessions are live (the node records them every second).
+        rows = page.locator("#result_list tbody tr")
+        for _ in range(30):
+            page.goto(f"{gateway.url}/admin/sessions_app/sessionrecord/")
+            if rows.count() == 2:
+                break
+            page.wait_for_timeout(500)
+        expect(rows).to_have_count(2)
+        page.locator("#changelist-filter a", has_text="bank").first.click()
+        expect(rows).to_have_count(1)
+        expect(rows.first.locator("td.field-app")).to_have_text("bank")
+        shot(page, "sessions-app-filter.png")
+
+        page.goto(f"{gateway.url}/admin/push_app/pushlog/")
+        page.locator("#changelist-filter a", has_text="bank").first.click()
+        expect(rows.filter(has=page.locator("td.field-app", has_text="bank"))).to_have_count(1)
+        expect(rows.filter(has=page.locator("td.field-app", has_text="default"))).to_have_count(0)
+
+        page.goto(f"{gateway.url}/admin/push_app/app/")
+        bank = rows.filter(has_text="bank")
+        expect(bank.locator("td.field-keys")).to_have_text("1")
+        expect(rows.filter(has_text="default")).to_have_count(1)
     finally:
         clients.close()

@@ -616,3 +616,71 @@ async def test_an_unknown_push_id_is_a_404_counted_for_its_client(node: GatewayN
     await node.write_rejections()
     row = await ApiRejections.objects.aget()
     assert (row.client_id, row.s404, row.last_code) == (billing.pk, 1, "not_found")
+
+
+# --- refusals given before or beside the views are counted too (issue #17) ----------------
+
+def drf_request(method: str, path: str, key: str | None, raw: bytes = b"{}",
+                host: str = "localhost") -> int:
+    """One request through Django's whole middleware stack, as the DRF routes get it."""
+    client = APIClient()
+    if key is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    call_ = getattr(client, method)
+    kwargs: dict[str, Any] = {"HTTP_HOST": host}
+    if method == "post":
+        kwargs.update(data=raw, content_type="application/json")
+    return int(call_(path, **kwargs).status_code)
+
+
+async def counts_by_client(node: GatewayNode) -> dict[int | None, tuple[int, ...]]:
+    """``client_id -> (total, 400, 403, 404, 413)`` as written by the node."""
+    await node.write_rejections()
+    return {r.client_id: (r.total, r.s400, r.s403, r.s404, r.s413)
+            async for r in ApiRejections.objects.all()}
+
+
+async def test_refusals_before_the_views_are_counted_for_the_keys_client(node: GatewayNode):
+    billing, key = await new_key("billing")
+    big = b'{"users": ["u1"], "data": "' + b"x" * 200 + b'"}'
+    with override_settings(GATEWAY_MAX_REQUEST_BYTES=100):
+        assert await sync_to_async(drf_request)("post", "/api/v1/tokens", key, big) == 413
+        assert await sync_to_async(drf_request)("post", "/api/v1/tokens", None, big) == 413
+    assert await sync_to_async(drf_request)("get", "/api/v1/users/u1/presence", key,
+                                            host="evil.example") == 400
+    assert await sync_to_async(drf_request)("get", "/api/v1/no-such-thing", key) == 404
+    assert await sync_to_async(drf_request)("get", "/api/nowhere", None) == 404
+    # A made-up key is no one's: unauthenticated, like a request without one.
+    assert await sync_to_async(drf_request)("get", "/api/v1/no-such-thing", UNKNOWN_KEY) == 404
+
+    counts = await counts_by_client(node)
+    assert counts == {billing.pk: (3, 1, 0, 1, 1), None: (3, 0, 0, 2, 1)}
+
+
+async def test_views_refusals_are_counted_once(node: GatewayNode):
+    billing, key = await new_key("billing")
+    assert await sync_to_async(drf_request)("get", "/api/v1/push/p_missing", key) == 404
+    assert await sync_to_async(drf_request)("post", "/api/v1/tokens", key, b"[]") == 400
+    assert await counts_by_client(node) == {billing.pk: (2, 1, 0, 1, 0)}
+
+
+async def test_a_deactivated_clients_403_counts_against_it_on_both_paths(
+        app, node: GatewayNode):
+    retired, key = await new_key("retired")
+    await ApiClient.objects.filter(pk=retired.pk).aupdate(is_active=False)
+    assert (await call(app, "/api/v1/push", GOOD, key=key)).status == 403
+    assert await sync_to_async(drf_request)("get", "/api/v1/users/u1/presence", key) == 403
+    assert await counts_by_client(node) == {retired.pk: (2, 0, 2, 0, 0)}
+
+
+async def test_hot_path_refusals_before_authentication_name_the_keys_client(
+        app, node: GatewayNode, monkeypatch):
+    monkeypatch.setattr(bad_hosts, "clock", lambda: 5000.0)
+    billing, key = await new_key("billing")
+    assert (await call(app, "/api/v1/push", GOOD, key=key,
+                       headers={"host": "evil.example"})).status == 400
+    with override_settings(GATEWAY_MAX_REQUEST_BYTES=10):
+        assert (await call(app, "/api/v1/push", GOOD, key=key)).status == 413
+        assert (await call(app, "/api/v1/push", GOOD, key=UNKNOWN_KEY)).status == 413
+        assert (await call(app, "/api/v1/push", GOOD)).status == 413
+    assert await counts_by_client(node) == {billing.pk: (2, 1, 0, 0, 1), None: (2, 0, 0, 0, 2)}

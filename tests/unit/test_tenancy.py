@@ -33,7 +33,10 @@ from gateway_core.tokens import InvalidToken, UnknownApp, decode_token, encode_t
 from sessions_app.registry import SessionManager
 from tests.support.sessions import make_session
 
-SECRETS = {"default": ("d-secret-0123456789abcdef0123456789abcdef",), "shop": ("shop-new-0123456789abcdef0123456789abcdef", "shop-old-0123456789abcdef0123456789abcdef"), "bank": ("bank-s-0123456789abcdef0123456789abcdef",)}
+# Long enough that PyJWT does not warn about short HMAC keys.
+D, SHOP_NEW, SHOP_OLD, BANK = (f"{name}-0123456789abcdef0123456789abcdef"
+                               for name in ("d", "shop-new", "shop-old", "bank"))
+SECRETS = {"default": (D,), "shop": (SHOP_NEW, SHOP_OLD), "bank": (BANK,)}
 
 
 def secrets_for(app: str) -> tuple[str, ...] | None:
@@ -51,21 +54,21 @@ def token(app: str | None, secret: str, *, sub: str = "u1", ttl: int = 60, **hea
 # --- Tokens -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("app", "secret", "expected"), [
-    (None, "d-secret-0123456789abcdef0123456789abcdef", "default"),
-    ("default", "d-secret-0123456789abcdef0123456789abcdef", "default"),
-    ("shop", "shop-new-0123456789abcdef0123456789abcdef", "shop"),
-    ("shop", "shop-old-0123456789abcdef0123456789abcdef", "shop"),  # the previous secret, during a rotation
-    ("bank", "bank-s-0123456789abcdef0123456789abcdef", "bank"),
+    (None, D, "default"),
+    ("default", D, "default"),
+    ("shop", SHOP_NEW, "shop"),
+    ("shop", SHOP_OLD, "shop"),  # the previous secret, during a rotation
+    ("bank", BANK, "bank"),
 ])
 def test_a_token_belongs_to_the_app_its_kid_names(app, secret, expected):
     assert decode_token(token(app, secret), secrets_for=secrets_for).app_id == expected
 
 
 @pytest.mark.parametrize(("app", "secret"), [
-    ("shop", "bank-s-0123456789abcdef0123456789abcdef"),       # another app's secret
-    (None, "shop-new-0123456789abcdef0123456789abcdef"),       # an app's secret without its kid is default's token
-    ("bank", "shop-new-0123456789abcdef0123456789abcdef"),
-    ("default", "shop-new-0123456789abcdef0123456789abcdef"),
+    ("shop", BANK),       # another app's secret
+    (None, SHOP_NEW),       # an app's secret without its kid is default's token
+    ("bank", SHOP_NEW),
+    ("default", SHOP_NEW),
 ])
 def test_a_token_signed_with_another_apps_secret_is_refused(app, secret):
     with pytest.raises(InvalidToken, match="bad signature"):
@@ -75,14 +78,14 @@ def test_a_token_signed_with_another_apps_secret_is_refused(app, secret):
 @pytest.mark.parametrize("kid", ["nosuch", "Shop", "a" * 65, "", "x/y"])
 def test_a_kid_no_known_app_has_is_refused(kid):
     with pytest.raises(InvalidToken) as refused:
-        decode_token(token(kid, "shop-new-0123456789abcdef0123456789abcdef"), secrets_for=secrets_for)
+        decode_token(token(kid, SHOP_NEW), secrets_for=secrets_for)
     # A well-formed unknown id may be an app made a moment ago: the node reloads once.
     assert isinstance(refused.value, UnknownApp) == (kid == "nosuch")
 
 
 def test_encode_names_the_app_except_default():
-    shop, _ = encode_token(user_id="u1", ttl_s=60, secret="shop-new-0123456789abcdef0123456789abcdef", app_id="shop")
-    plain, _ = encode_token(user_id="u1", ttl_s=60, secret="d-secret-0123456789abcdef0123456789abcdef")
+    shop, _ = encode_token(user_id="u1", ttl_s=60, secret=SHOP_NEW, app_id="shop")
+    plain, _ = encode_token(user_id="u1", ttl_s=60, secret=D)
     assert jwt.get_unverified_header(shop)["kid"] == "shop"
     assert "kid" not in jwt.get_unverified_header(plain)
     assert decode_token(shop, secrets_for=secrets_for).app_id == "shop"
