@@ -47,6 +47,7 @@ from push_app.selectors import (
     pushes_matching,
     pushes_to_user,
     recent_failures,
+    recipient_states,
     rejections_since,
     user_has_audit,
     user_named_in_pushes,
@@ -349,11 +350,22 @@ class PushOutcome:
     tone: str  # ok | warn | bad | muted
 
 
-def push_outcome(log: PushLog, *, user_id: str, sessions: list[SessionRecord]) -> PushOutcome:
-    """What a push meant for one user, from its counts and the user's sessions then.
+#: A recipient's state (PROTOCOL.md section 6) as the user page says it.
+_RECIPIENT_OUTCOME = {
+    "acked": ("received: the client acked it", "ok"),
+    "delivered": ("written to the socket; no ack (yet)", "ok"),
+    "pending": ("kept: waits for the user's next connection", "warn"),
+    "offline": ("user was offline when it was sent (not kept)", "muted"),
+    "expired": ("expired before the user acked it", "bad"),
+    "dropped": ("dropped: too many kept pushes waited for the user", "bad"),
+}
 
-    Counts are per push, not per user: for a push to this user alone they are this user's;
-    for a broadcast or a push to many users they only say whether anyone got it.
+
+def push_outcome(log: PushLog, *, user_id: str, sessions: list[SessionRecord],
+                 state: str | None = None) -> PushOutcome:
+    """What a push meant for one user: its per-recipient ``state`` when the push was
+    targeted (PROTOCOL.md section 6), else from its counts and the user's sessions then
+    (a broadcast's counts only say whether anyone got it).
     """
     at = log.created_at
     online = sorted({
@@ -363,8 +375,11 @@ def push_outcome(log: PushLog, *, user_id: str, sessions: list[SessionRecord]) -
     single = not log.broadcast and log.target_count == 1
     if log.status == PushStatus.FAILED:
         return PushOutcome(log, online, f"failed: {log.error or 'unknown error'}", "bad")
-    if log.status == PushStatus.ACCEPTED:
+    if log.status == PushStatus.ACCEPTED and state in (None, "pending", "offline"):
         return PushOutcome(log, online, "stored, not on the broker yet", "warn")
+    if state in _RECIPIENT_OUTCOME:
+        text, tone = _RECIPIENT_OUTCOME[state]
+        return PushOutcome(log, online, text, tone)
     if single and log.acked:
         return PushOutcome(log, online, "received: the client acked it", "ok")
     if single and log.delivered:
@@ -534,11 +549,11 @@ class ConsoleAdminSite(admin.AdminSite):
         sessions = user_sessions(user_id=user_id)
         rows = [(s, session_state(s, since=since), close_label(s.close_code)) for s in sessions]
         live = [s for s, state, _ in rows if state == "live"]
-        pushes = [
-            push_outcome(log, user_id=user_id, sessions=sessions)
-            for log in pushes_to_user(user_id=user_id)
-            if log.broadcast or user_id in log.users
-        ]
+        logs = [log for log in pushes_to_user(user_id=user_id)
+                if log.broadcast or user_id in log.users]
+        states = recipient_states(user_id=user_id, push_ids=[log.id for log in logs])
+        pushes = [push_outcome(log, user_id=user_id, sessions=sessions, state=states.get(log.id))
+                  for log in logs]
         user = request.user
         pending = pending_disconnect(user_id=user_id, live=live)
         can_audit = has_view(user, "push_app.view_auditevent")

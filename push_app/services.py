@@ -32,9 +32,10 @@ from push_app.models import (
     AuditEvent,
     PushDelivery,
     PushLog,
+    PushRecipient,
     PushStatus,
 )
-from push_app.pushlog import build_log
+from push_app.pushlog import build_log, build_recipients
 from push_app.tenancy import app_get, app_signing_secret
 from push_app.validation import PushRequest, TokenRequest, push_request
 
@@ -127,6 +128,9 @@ def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submi
                         results.append((first, False))
                         continue
                 results.append((log, True))
+                recipients = build_recipients(log)
+                if recipients:
+                    PushRecipient.objects.bulk_create(recipients)
                 message = push_message(log)
                 transaction.on_commit(lambda m=message: submit(m))  # type: ignore[misc]
     except DatabaseError as exc:
