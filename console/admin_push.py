@@ -37,10 +37,10 @@ from console.ids import id_html
 from console.pushlogs import CreatedFilter, csv_rows
 from console.when import when
 from gateway_core import bridge
-from gateway_core.tenancy import SCOPES
+from gateway_core.tenancy import DEFAULT_APP, SCOPES
 from gateway_core.tokens import valid_user_id
 from push_app.errors import PushUnavailable
-from push_app.models import ApiClient, AuditAction, PushLog, PushStatus
+from push_app.models import ApiClient, App, AuditAction, PushLog, PushStatus
 from push_app.selectors import (
     Rejections,
     push_recipients,
@@ -81,6 +81,9 @@ def _human_bytes(n: int) -> str:
 
 class TestPushForm(forms.Form):
     user = forms.CharField(max_length=128, help_text="The user id (the token's sub).")
+    app = forms.ModelChoiceField(queryset=App.objects.all(), initial=DEFAULT_APP,
+                                 to_field_name="id", empty_label=None, required=False,
+                                 help_text="The user's app: u1 of another app is another user.")
     topic = forms.CharField(max_length=200, required=False, initial=TEST_PUSH_TOPIC)
     payload = forms.CharField(
         label="Data",
@@ -302,6 +305,8 @@ class PushLogAdmin(admin.ModelAdmin):
                         user_id=form.cleaned_data["user"], data=form.cleaned_data["payload"],
                         topic=form.cleaned_data["topic"] or None,
                         submit=bridge.submit, backlog=bridge.backlog(),
+                        app=form.cleaned_data["app"].pk if form.cleaned_data["app"]
+                        else DEFAULT_APP,
                     )
                 except (RequestInvalid, PushUnavailable) as exc:
                     form.add_error(None, exc.detail)
@@ -315,7 +320,8 @@ class PushLogAdmin(admin.ModelAdmin):
                         reverse("admin:push_app_pushlog_change", args=[log.id])
                     )
         else:
-            form = TestPushForm(initial={"user": request.GET.get("user", "")})
+            form = TestPushForm(initial={"user": request.GET.get("user", ""),
+                                         "app": request.GET.get("app") or DEFAULT_APP})
         context = {
             **self.admin_site.each_context(request),
             "title": "Send a test push", "opts": self.opts, "form": form,

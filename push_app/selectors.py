@@ -226,19 +226,29 @@ def waiting_count() -> int:
     return PushLog.objects.filter(status=PushStatus.ACCEPTED).count()
 
 
-def pushes_to_user(*, user_id: str, limit: int = 20,
-                   since: datetime | None = None) -> list[PushLog]:
-    """The latest pushes naming ``user_id`` and the latest broadcasts, newest first, with
-    their clients and per-node deliveries. Two queries."""
+def pushes_to_user(*, user_id: str, limit: int = 20, since: datetime | None = None,
+                   app: str | None = None) -> list[PushLog]:
+    """The latest pushes naming ``user_id`` and the latest broadcasts (of ``app`` only,
+    when given), newest first, with their clients and per-node deliveries. Two queries."""
     since = since or timezone.now() - timedelta(days=7)
     return list(
-        PushLog.objects.filter(created_at__gte=since)
+        PushLog.objects.filter(created_at__gte=since, **({} if app is None else {"app": app}))
         .filter(users_contain_q(user_id) | Q(broadcast=True))
         .select_related("client")
         .prefetch_related("deliveries")
         .defer("data_json")
         .order_by("-created_at")[:limit]
     )
+
+
+def push_apps(*, user_id: str) -> set[str]:
+    """The apps whose targeted pushes name a user of this id (per-recipient rows; pushes
+    from before them count as ``default``'s). One query each."""
+    apps = set(PushRecipient.objects.filter(user_id=user_id).values_list("app", flat=True)
+               .distinct())
+    if not apps and user_named_in_pushes(user_id=user_id):
+        apps.add("default")
+    return apps
 
 
 def user_named_in_pushes(*, user_id: str) -> bool:

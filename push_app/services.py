@@ -220,12 +220,13 @@ TEST_PUSH_TOPIC = "console.test"
 
 
 def console_test_push(*, user_id: str, data: object, topic: str | None, submit: Submit,
-                      backlog: int = 0) -> PushLog:
-    """A push from an operator to one user, through the same path as the API's (validated,
-    stored, published after commit), with no API client: it shows as "console" in admin."""
+                      backlog: int = 0, app: str = DEFAULT_APP) -> PushLog:
+    """A push from an operator to one user of ``app``, through the same path as the API's
+    (validated, stored, published after commit), with no API client: it shows as
+    "console" in admin."""
     req = push_request({"users": [user_id], "data": data,
                         **({"topic": topic} if topic else {})})
-    log, _ = push_create(client=None, req=req, submit=submit, backlog=backlog)
+    log, _ = push_create(client=None, req=req, submit=submit, backlog=backlog, app=app)
     return log
 
 
