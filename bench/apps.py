@@ -1,0 +1,242 @@
+"""Apps: two apps against one, in one run (issue #12, PROTOCOL.md section 9).
+
+    python -m bench.run apps [--clients 1000 --rate 50] [--targeted-clients 2000
+        --targeted-rate 1000] [--duration 6] [--rounds 2] [--server uvicorn]
+
+Two kinds, each measured with one app and with two, on the same gateway process:
+
+- ``broadcast``: ``clients`` users all in the app ``default``, one broadcast every
+  ``1/rate`` s; against the same number of users split evenly over ``default`` and a created
+  app, one broadcast per app every ``1/rate`` s (each app's own key). Every client gets
+  ``rate`` frames a second either way, so the offered deliveries/s are the same, and so is
+  the burst each tick writes (``clients`` frames); what differs is that two apps take two
+  REST requests and two registry lookups per tick for half the fan-out each.
+- ``targeted``: ``rate`` single-user pushes a second (``POST /api/v1/push``), each to a random
+  connected user, all of ``default``; against the same rate alternating between the two
+  apps' keys and users. The two apps have the same user ids (``u1`` of each is another
+  user), so a push that reached the other app's user would show as negative loss.
+
+Each measurement prints one JSON line (``"scenario": "apps"``); then one line per kind
+(``"scenario": "apps-ratio"``) with the two-apps ÷ one-app ratios of deliveries/s, server
+CPU per delivery and p50/p99 latency, means over ``rounds`` rounds, and ``pass``: the
+throughput ratio is at least ``BOUND`` (the issue's "within 5 %") and nothing was lost.
+
+Both sides run against one gateway process rather than a fresh one each: a second process
+adds its own variance (start-up, heap layout, a fresh SQLite file) to a comparison of a few
+percent. The rounds go one-two, two-one, ... (``side_order``) so what drifts over the run
+(the push log growing, the machine's other load) falls on both sides alike; the per-round
+ratios are printed too, so noise shows as their spread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.loadgen import Client, Stats, connect_many, wait_received
+from bench.run import ProcessMeter, Pusher, token
+from tests.support.gateway import JWT_SECRET, GatewayProcess
+
+DEFAULT_APP = "default"
+#: The created app; its id is also its users' token ``kid``.
+OTHER_APP = "benchb"
+#: Two apps must deliver at least this share of one app's throughput (issue #12).
+BOUND = 0.95
+#: Pause after connecting and after closing a side's clients, so the sessions' database
+#: writes (recorded in batches) fall outside the measured window and the next side's.
+SETTLE_S = 1.0
+#: HTTP connections (and requests in flight) for a side, shared by its apps' pushers.
+IN_FLIGHT = 32
+
+
+def side_order(rounds: int) -> list[int]:
+    """Apps per measurement, alternating which side goes first: 1, 2, 2, 1, 1, 2, ..."""
+    order: list[int] = []
+    for r in range(rounds):
+        order.extend((1, 2) if r % 2 == 0 else (2, 1))
+    return order
+
+
+@dataclass
+class Lane:
+    """One app's part of a measurement: its pusher, its users, its connected clients."""
+
+    app: str
+    pusher: Pusher
+    users: list[str]
+    connected: int = 0
+    conns: list[Client] = field(default_factory=list)
+
+
+async def drive(*, ticks_per_s: float, duration_s: float,
+                plan: Callable[[int], Sequence[tuple[Pusher, list[str] | None]]]) -> float:
+    """Every ``1/ticks_per_s`` s, send the pushes ``plan(tick)`` names, for ``duration_s``
+    (and at most ``ticks_per_s * duration_s`` ticks); waits for every request. Returns the
+    seconds the ticks span (``ticks / ticks_per_s``), or longer if they fell behind."""
+    started = time.perf_counter()
+    max_ticks = int(ticks_per_s * duration_s)
+    tasks: set[asyncio.Task[None]] = set()
+    ticks = 0
+    for i in range(max_ticks):
+        now = time.perf_counter()
+        if now - started >= duration_s:
+            break
+        ticks += 1
+        due = started + i / ticks_per_s
+        if due > now:
+            await asyncio.sleep(due - now)
+        for pusher, users in plan(i):
+            task = asyncio.create_task(pusher.push(users))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    # Each request is bounded (``Pusher.push`` waits 30 s at most).
+    await asyncio.gather(*tasks)
+    return max(time.perf_counter() - started, ticks / ticks_per_s)
+
+
+async def measure(*, gw: GatewayProcess, server: str, keys: dict[str, str],
+                  secrets: dict[str, str], kind: str, apps: int, clients: int, rate: float,
+                  duration_s: float) -> dict[str, Any]:
+    """One side: ``clients`` users over ``apps`` apps, pushed to for ``duration_s``."""
+    assert gw.proc is not None
+    side = f"{kind[0]}{apps}-{time.monotonic_ns() % 10**8}"
+    names = [DEFAULT_APP, OTHER_APP][:apps]
+    per_app = clients // apps
+    stats = Stats()
+    lanes = [
+        Lane(app=app, users=[f"{side}-u{i}" for i in range(per_app)],
+             pusher=Pusher(gw=gw, api_key=keys[app], in_flight=IN_FLIGHT // apps))
+        for app in names
+    ]
+    connects = []
+    for lane in lanes:
+        app_arg = None if lane.app == DEFAULT_APP else lane.app
+        urls = [f"{gw.ws_url}?token={token(u, secrets[lane.app], app=app_arg)}"
+                for u in lane.users]
+        lane.conns, connect = await connect_many(urls, stats)
+        lane.connected = len(lane.conns)
+        connects.append(connect)
+    await asyncio.sleep(SETTLE_S)
+
+    def broadcast_plan(i: int) -> list[tuple[Pusher, list[str] | None]]:
+        # Each tick every app gets one broadcast; which goes first alternates.
+        order = lanes if i % 2 == 0 else lanes[::-1]
+        return [(lane.pusher, None) for lane in order]
+
+    def targeted_plan(i: int) -> list[tuple[Pusher, list[str] | None]]:
+        lane = lanes[i % apps]
+        return [(lane.pusher, [random.choice(lane.users)])]
+
+    meter = ProcessMeter(gw.proc.pid)
+    cpu_before, t0 = meter.cpu_s(), time.perf_counter()
+    pushing_s = await drive(ticks_per_s=rate, duration_s=duration_s,
+                            plan=broadcast_plan if kind == "broadcast" else targeted_plan)
+    if kind == "broadcast":
+        expected = sum(lane.pusher.sent * lane.connected for lane in lanes)
+    else:
+        expected = sum(lane.pusher.sent for lane in lanes)
+    drain_s = await wait_received(stats, expected, timeout_s=max(10.0, duration_s))
+    elapsed = time.perf_counter() - t0
+    cpu_s = meter.cpu_s() - cpu_before
+    sent = sum(lane.pusher.sent for lane in lanes)
+    result = {
+        "kind": kind, "apps": apps, "gateway_server": server,
+        "clients": sum(len(lane.users) for lane in lanes),
+        "connect": {"connected": sum(c["connected"] for c in connects),
+                    "failed": sum(c["failed"] for c in connects),
+                    "connect_per_s": [c["connect_per_s"] for c in connects]},
+        "offered_push_rate": rate * (apps if kind == "broadcast" else 1),
+        "achieved_push_rate": round(sent / pushing_s, 1),
+        "push_errors": sum(lane.pusher.errors for lane in lanes),
+        "deliveries_per_s": round(stats.received / elapsed, 1),
+        "elapsed_s": round(elapsed, 2),
+        "expected": expected, "loss": expected - stats.received, "drain_s": round(drain_s, 2),
+        **stats.summary(),
+        "server_cpu_pct": round(cpu_s / elapsed * 100, 1),
+        "server_cpu_us_per_delivery": round(cpu_s / max(1, stats.received) * 1e6, 2),
+    }
+    for lane in lanes:
+        await lane.pusher.close()
+        await asyncio.gather(*(c.close() for c in lane.conns))
+    await asyncio.sleep(SETTLE_S)
+    return result
+
+
+def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean(get: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.fmean(get(r) for r in runs)
+
+    return {
+        "deliveries_per_s": round(mean(lambda r: r["deliveries_per_s"]), 1),
+        "server_cpu_us_per_delivery": round(mean(lambda r: r["server_cpu_us_per_delivery"]), 2),
+        "p50_ms": round(mean(lambda r: r["latency_ms"]["p50"] or 0.0), 2),
+        "p99_ms": round(mean(lambda r: r["latency_ms"]["p99"] or 0.0), 2),
+        "rounds": len(runs),
+    }
+
+
+def _ratio(two: float, one: float) -> float | None:
+    return round(two / one, 3) if one else None
+
+
+def compare(runs: list[dict[str, Any]], *, bound: float = BOUND) -> list[dict[str, Any]]:
+    """One ``apps-ratio`` line per kind in ``runs`` (the ``apps`` lines): two apps ÷ one app,
+    each side the mean of its rounds; ``pass`` if the throughput ratio is at least ``bound``
+    and no side lost a frame, failed a push or a connection."""
+    lines = []
+    for kind in dict.fromkeys(r["kind"] for r in runs):
+        one = [r for r in runs if r["kind"] == kind and r["apps"] == 1]
+        two = [r for r in runs if r["kind"] == kind and r["apps"] == 2]
+        if not one or not two:
+            continue
+        a, b = _side(one), _side(two)
+        ratio = _ratio(b["deliveries_per_s"], a["deliveries_per_s"])
+        clean = all(r["loss"] == 0 and r["push_errors"] == 0 and r["connect"]["failed"] == 0
+                    for r in one + two)
+        lines.append({
+            "scenario": "apps-ratio", "kind": kind, "one_app": a, "two_apps": b,
+            "throughput_ratio": ratio,
+            # Round k of each side against each other: their spread is the run's noise.
+            "round_throughput_ratios": [_ratio(t["deliveries_per_s"], o["deliveries_per_s"])
+                                        for o, t in zip(one, two, strict=False)],
+            "cpu_per_delivery_ratio": _ratio(b["server_cpu_us_per_delivery"],
+                                             a["server_cpu_us_per_delivery"]),
+            "p50_ratio": _ratio(b["p50_ms"], a["p50_ms"]),
+            "p99_ratio": _ratio(b["p99_ms"], a["p99_ms"]),
+            "bound": bound, "clean": clean,
+            "pass": clean and ratio is not None and ratio >= bound,
+        })
+    return lines
+
+
+def create_app(gw: GatewayProcess) -> tuple[dict[str, str], dict[str, str]]:
+    """Create ``OTHER_APP`` on the gateway; API keys and token secrets of both apps."""
+    secret = gw.manage("createapp", OTHER_APP).strip().splitlines()[-1]
+    keys = {app: gw.manage("createapikey", f"bench-{app}", "--app", app).strip().splitlines()[-1]
+            for app in (DEFAULT_APP, OTHER_APP)}
+    return keys, {DEFAULT_APP: JWT_SECRET, OTHER_APP: secret}
+
+
+async def run(*, gw: GatewayProcess, server: str, clients: int, rate: float, targeted_clients: int,
+              targeted_rate: float, duration_s: float, rounds: int,
+              emit: Callable[[str, dict[str, Any]], None]) -> list[dict[str, Any]]:
+    """Every measurement (emitted as it ends), then the ratio lines. ``server`` is the
+    gateway's ``rungateway --server``, passed in: under ``python -m bench.run`` that module's
+    globals are ``__main__``'s, not the ``bench.run`` imported here."""
+    keys, secrets = create_app(gw)
+    runs: list[dict[str, Any]] = []
+    parts = (("broadcast", clients, rate), ("targeted", targeted_clients, targeted_rate))
+    for kind, n, r in parts:
+        for i, apps in enumerate(side_order(rounds)):
+            result = await measure(gw=gw, server=server, keys=keys, secrets=secrets,
+                                   kind=kind, apps=apps, clients=n, rate=r,
+                                   duration_s=duration_s)
+            result["round"] = i // 2 + 1
+            runs.append(result)
+            emit("apps", result)
+    return compare(runs)
