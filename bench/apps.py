@@ -1,7 +1,7 @@
 """Apps: two apps against one, in one run (issue #12, PROTOCOL.md section 9).
 
     python -m bench.run apps [--clients 1000 --rate 50] [--targeted-clients 2000
-        --targeted-rate 1000] [--duration 6] [--rounds 2] [--server uvicorn]
+        --targeted-rate 1000] [--duration 10] [--rounds 2] [--control] [--server uvicorn]
 
 Two kinds, each measured with one app and with two, on the same gateway process:
 
@@ -20,6 +20,8 @@ Each measurement prints one JSON line (``"scenario": "apps"``); then one line pe
 (``"scenario": "apps-ratio"``) with the two-apps ÷ one-app ratios of deliveries/s, server
 CPU per delivery and p50/p99 latency, means over ``rounds`` rounds, and ``pass``: the
 throughput ratio is at least ``BOUND`` (the issue's "within 5 %") and nothing was lost.
+With ``--control`` the broadcast part also measures ``CONTROL`` (below), which separates
+what two apps cost from what twice the pushes cost.
 
 Both sides run against one gateway process rather than a fresh one each: a second process
 adds its own variance (start-up, heap layout, a fresh SQLite file) to a comparison of a few
@@ -54,11 +56,19 @@ SETTLE_S = 1.0
 IN_FLIGHT = 32
 
 
-def side_order(rounds: int) -> list[int]:
-    """Apps per measurement, alternating which side goes first: 1, 2, 2, 1, 1, 2, ..."""
-    order: list[int] = []
+#: The sides of a comparison. ``CONTROL`` (broadcast only, ``--control``): half the clients,
+#: all in ``default``, and two broadcasts a tick on its key: the two-apps side's pushes and
+#: fan-out in one app, so two apps against it shows the apps' own cost, and it against one
+#: app the cost of twice the pushes at half the fan-out.
+ONE, TWO, CONTROL = "one-app", "two-apps", "control"
+
+
+def side_order(rounds: int, *, control: bool = False) -> list[str]:
+    """The sides in measuring order, alternating which goes first: one, two, two, one, ..."""
+    sides = [ONE, TWO, CONTROL] if control else [ONE, TWO]
+    order: list[str] = []
     for r in range(rounds):
-        order.extend((1, 2) if r % 2 == 0 else (2, 1))
+        order.extend(sides if r % 2 == 0 else sides[::-1])
     return order
 
 
@@ -100,21 +110,24 @@ async def drive(*, ticks_per_s: float, duration_s: float,
 
 
 async def measure(*, gw: GatewayProcess, server: str, keys: dict[str, str],
-                  secrets: dict[str, str], kind: str, apps: int, clients: int, rate: float,
+                  secrets: dict[str, str], kind: str, layout: str, clients: int, rate: float,
                   duration_s: float) -> dict[str, Any]:
-    """One side: ``clients`` users over ``apps`` apps, pushed to for ``duration_s``."""
+    """One side (``layout``): ``clients`` users, pushed to for ``duration_s``."""
     assert gw.proc is not None
-    side = f"{kind[0]}{apps}-{time.monotonic_ns() % 10**8}"
-    names = [DEFAULT_APP, OTHER_APP][:apps]
-    per_app = clients // apps
+    names = {ONE: [DEFAULT_APP], TWO: [DEFAULT_APP, OTHER_APP],
+             CONTROL: [DEFAULT_APP, DEFAULT_APP]}[layout]
+    side = f"{kind[0]}-{layout}-{time.monotonic_ns() % 10**8}"
+    users = [f"{side}-u{i}" for i in range(clients // len(names))]
     stats = Stats()
-    lanes = [
-        Lane(app=app, users=[f"{side}-u{i}" for i in range(per_app)],
-             pusher=Pusher(gw=gw, api_key=keys[app], in_flight=IN_FLIGHT // apps))
-        for app in names
-    ]
+    # The same user ids in each app: ``u1`` of two apps is two users.
+    lanes = [Lane(app=app, users=users,
+                  pusher=Pusher(gw=gw, api_key=keys[app], in_flight=IN_FLIGHT // len(names)))
+             for app in names]
     connects = []
-    for lane in lanes:
+    for n, lane in enumerate(lanes):
+        if layout == CONTROL and n:  # the control's second lane pushes to the same clients
+            lane.connected = lanes[0].connected
+            continue
         app_arg = None if lane.app == DEFAULT_APP else lane.app
         urls = [f"{gw.ws_url}?token={token(u, secrets[lane.app], app=app_arg)}"
                 for u in lane.users]
@@ -129,7 +142,7 @@ async def measure(*, gw: GatewayProcess, server: str, keys: dict[str, str],
         return [(lane.pusher, None) for lane in order]
 
     def targeted_plan(i: int) -> list[tuple[Pusher, list[str] | None]]:
-        lane = lanes[i % apps]
+        lane = lanes[i % len(lanes)]
         return [(lane.pusher, [random.choice(lane.users)])]
 
     meter = ProcessMeter(gw.proc.pid)
@@ -145,12 +158,12 @@ async def measure(*, gw: GatewayProcess, server: str, keys: dict[str, str],
     cpu_s = meter.cpu_s() - cpu_before
     sent = sum(lane.pusher.sent for lane in lanes)
     result = {
-        "kind": kind, "apps": apps, "gateway_server": server,
-        "clients": sum(len(lane.users) for lane in lanes),
+        "kind": kind, "layout": layout, "apps": len(set(names)), "gateway_server": server,
+        "clients": sum(c["connected"] + c["failed"] for c in connects),
         "connect": {"connected": sum(c["connected"] for c in connects),
                     "failed": sum(c["failed"] for c in connects),
                     "connect_per_s": [c["connect_per_s"] for c in connects]},
-        "offered_push_rate": rate * (apps if kind == "broadcast" else 1),
+        "offered_push_rate": rate * (len(lanes) if kind == "broadcast" else 1),
         "achieved_push_rate": round(sent / pushing_s, 1),
         "push_errors": sum(lane.pusher.errors for lane in lanes),
         "deliveries_per_s": round(stats.received / elapsed, 1),
@@ -190,14 +203,29 @@ def compare(runs: list[dict[str, Any]], *, bound: float = BOUND) -> list[dict[st
     and no side lost a frame, failed a push or a connection."""
     lines = []
     for kind in dict.fromkeys(r["kind"] for r in runs):
-        one = [r for r in runs if r["kind"] == kind and r["apps"] == 1]
-        two = [r for r in runs if r["kind"] == kind and r["apps"] == 2]
+        one = [r for r in runs if r["kind"] == kind and r["layout"] == ONE]
+        two = [r for r in runs if r["kind"] == kind and r["layout"] == TWO]
+        control = [r for r in runs if r["kind"] == kind and r["layout"] == CONTROL]
         if not one or not two:
             continue
         a, b = _side(one), _side(two)
         ratio = _ratio(b["deliveries_per_s"], a["deliveries_per_s"])
         clean = all(r["loss"] == 0 and r["push_errors"] == 0 and r["connect"]["failed"] == 0
                     for r in one + two)
+        extra: dict[str, Any] = {}
+        if control:
+            c = _side(control)
+            extra = {
+                "control": c,
+                # Two apps against the same pushes and fan-out in one app: the apps' own cost.
+                "two_apps_vs_control_throughput_ratio": _ratio(b["deliveries_per_s"],
+                                                               c["deliveries_per_s"]),
+                "two_apps_vs_control_cpu_ratio": _ratio(b["server_cpu_us_per_delivery"],
+                                                        c["server_cpu_us_per_delivery"]),
+                # Twice the pushes at half the fan-out, in one app.
+                "control_vs_one_app_cpu_ratio": _ratio(c["server_cpu_us_per_delivery"],
+                                                       a["server_cpu_us_per_delivery"]),
+            }
         lines.append({
             "scenario": "apps-ratio", "kind": kind, "one_app": a, "two_apps": b,
             "throughput_ratio": ratio,
@@ -210,6 +238,7 @@ def compare(runs: list[dict[str, Any]], *, bound: float = BOUND) -> list[dict[st
             "p99_ratio": _ratio(b["p99_ms"], a["p99_ms"]),
             "bound": bound, "clean": clean,
             "pass": clean and ratio is not None and ratio >= bound,
+            **extra,
         })
     return lines
 
@@ -223,7 +252,7 @@ def create_app(gw: GatewayProcess) -> tuple[dict[str, str], dict[str, str]]:
 
 
 async def run(*, gw: GatewayProcess, server: str, clients: int, rate: float, targeted_clients: int,
-              targeted_rate: float, duration_s: float, rounds: int,
+              targeted_rate: float, duration_s: float, rounds: int, control: bool = False,
               emit: Callable[[str, dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Every measurement (emitted as it ends), then the ratio lines. ``server`` is the
     gateway's ``rungateway --server``, passed in: under ``python -m bench.run`` that module's
@@ -232,11 +261,13 @@ async def run(*, gw: GatewayProcess, server: str, clients: int, rate: float, tar
     runs: list[dict[str, Any]] = []
     parts = (("broadcast", clients, rate), ("targeted", targeted_clients, targeted_rate))
     for kind, n, r in parts:
-        for i, apps in enumerate(side_order(rounds)):
+        sides = side_order(rounds, control=control and kind == "broadcast")
+        per_round = len(sides) // rounds
+        for i, layout in enumerate(sides):
             result = await measure(gw=gw, server=server, keys=keys, secrets=secrets,
-                                   kind=kind, apps=apps, clients=n, rate=r,
+                                   kind=kind, layout=layout, clients=n, rate=r,
                                    duration_s=duration_s)
-            result["round"] = i // 2 + 1
+            result["round"] = i // per_round + 1
             runs.append(result)
             emit("apps", result)
     return compare(runs)

@@ -305,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="apps: single pushes/s of the targeted part")
     parser.add_argument("--rounds", type=int, default=2,
                         help="apps: measurements of each side, alternating which goes first")
+    parser.add_argument("--control", action="store_true",
+                        help="apps: also broadcast twice the pushes to half the clients in one "
+                             "app, to tell the apps' cost from the pushes' (bench/apps.py)")
     parser.add_argument("--rocketmq-endpoint", default="127.0.0.1:8081")
     parser.add_argument("--server", choices=["daphne", "uvicorn", "baseline"],
                         default="daphne",
@@ -369,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
             ratios = asyncio.run(apps.run(
                 gw=gw, server=args.server, clients=args.clients or 1000, rate=args.rate or 50,
                 targeted_clients=args.targeted_clients, targeted_rate=args.targeted_rate,
-                duration_s=args.duration, rounds=args.rounds, emit=emit))
+                duration_s=args.duration, rounds=args.rounds, control=args.control,
+                emit=emit))
         for line in ratios:
             print(json.dumps(line), flush=True)
 
