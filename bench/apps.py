@@ -21,7 +21,13 @@ Each measurement prints one JSON line (``"scenario": "apps"``); then one line pe
 CPU per delivery and p50/p99 latency, means over ``rounds`` rounds, and ``pass``: the
 throughput ratio is at least ``BOUND`` (the issue's "within 5 %") and nothing was lost.
 With ``--control`` the broadcast part also measures ``CONTROL`` (below), which separates
-what two apps cost from what twice the pushes cost.
+what two apps cost from what twice the pushes cost, but holds half the connections.
+
+``--kinds multicast`` isolates the apps alone: the broadcast's clients, ticks and
+deliveries, but every push names its users (``users``, ``clients/2`` of them): one app's
+users in two halves, one push per half a tick, against each app's users, one push per app
+a tick. Same connections, pushes, fan-out and deliveries on both sides; only the apps
+differ (through the user-list path, not the broadcast one).
 
 Both sides run against one gateway process rather than a fresh one each: a second process
 adds its own variance (start-up, heap layout, a fresh SQLite file) to a comparison of a few
@@ -52,12 +58,14 @@ BOUND = 0.95
 #: Pause after connecting and after closing a side's clients, so the sessions' database
 #: writes (recorded in batches) fall outside the measured window and the next side's.
 SETTLE_S = 1.0
+#: ``create_app``'s name for a second API key of ``default``.
+SECOND_KEY = "default-2"
 #: HTTP connections (and requests in flight) for a side, shared by its apps' pushers.
 IN_FLIGHT = 32
 
 
 #: The sides of a comparison. ``CONTROL`` (broadcast only, ``--control``): half the clients,
-#: all in ``default``, and two broadcasts a tick on its key: the two-apps side's pushes and
+#: all in ``default``, and two broadcasts a tick on two of its keys: the two-apps side's pushes and
 #: fan-out in one app, so two apps against it shows the apps' own cost, and it against one
 #: app the cost of twice the pushes at half the fan-out.
 ONE, TWO, CONTROL = "one-app", "two-apps", "control"
@@ -116,16 +124,24 @@ async def measure(*, gw: GatewayProcess, server: str, keys: dict[str, str],
     assert gw.proc is not None
     names = {ONE: [DEFAULT_APP], TWO: [DEFAULT_APP, OTHER_APP],
              CONTROL: [DEFAULT_APP, DEFAULT_APP]}[layout]
+    if kind == "multicast" and layout == ONE:
+        names = [DEFAULT_APP, DEFAULT_APP]  # two halves of one app's users
     side = f"{kind[0]}-{layout}-{time.monotonic_ns() % 10**8}"
     users = [f"{side}-u{i}" for i in range(clients // len(names))]
     stats = Stats()
-    # The same user ids in each app: ``u1`` of two apps is two users.
-    lanes = [Lane(app=app, users=users,
-                  pusher=Pusher(gw=gw, api_key=keys[app], in_flight=IN_FLIGHT // len(names)))
-             for app in names]
+    # The same user ids in each app: ``u1`` of two apps is two users; two lanes of one app
+    # have their own users, except the control's, which push to the same clients.
+    # Each lane its own API key (a second lane of ``default`` its second key), so that two
+    # lanes of one app and two apps differ only in the apps, not in how many keys push.
+    lanes = [Lane(app=app, users=users if app != DEFAULT_APP or n == 0 or layout == CONTROL
+                  else [f"{side}-h{n}-u{i}" for i in range(len(users))],
+                  pusher=Pusher(gw=gw, api_key=keys[app if n == 0 or app != DEFAULT_APP
+                                                     else SECOND_KEY],
+                                in_flight=IN_FLIGHT // len(names)))
+             for n, app in enumerate(names)]
     connects = []
     for n, lane in enumerate(lanes):
-        if layout == CONTROL and n:  # the control's second lane pushes to the same clients
+        if layout == CONTROL and n:
             lane.connected = lanes[0].connected
             continue
         app_arg = None if lane.app == DEFAULT_APP else lane.app
@@ -141,15 +157,21 @@ async def measure(*, gw: GatewayProcess, server: str, keys: dict[str, str],
         order = lanes if i % 2 == 0 else lanes[::-1]
         return [(lane.pusher, None) for lane in order]
 
+    def multicast_plan(i: int) -> list[tuple[Pusher, list[str] | None]]:
+        # A broadcast's work through the user-list path: each lane's users, named.
+        order = lanes if i % 2 == 0 else lanes[::-1]
+        return [(lane.pusher, lane.users) for lane in order]
+
     def targeted_plan(i: int) -> list[tuple[Pusher, list[str] | None]]:
         lane = lanes[i % len(lanes)]
         return [(lane.pusher, [random.choice(lane.users)])]
 
     meter = ProcessMeter(gw.proc.pid)
     cpu_before, t0 = meter.cpu_s(), time.perf_counter()
-    pushing_s = await drive(ticks_per_s=rate, duration_s=duration_s,
-                            plan=broadcast_plan if kind == "broadcast" else targeted_plan)
-    if kind == "broadcast":
+    plan = {"broadcast": broadcast_plan, "multicast": multicast_plan,
+            "targeted": targeted_plan}[kind]
+    pushing_s = await drive(ticks_per_s=rate, duration_s=duration_s, plan=plan)
+    if kind != "targeted":
         expected = sum(lane.pusher.sent * lane.connected for lane in lanes)
     else:
         expected = sum(lane.pusher.sent for lane in lanes)
@@ -163,7 +185,7 @@ async def measure(*, gw: GatewayProcess, server: str, keys: dict[str, str],
         "connect": {"connected": sum(c["connected"] for c in connects),
                     "failed": sum(c["failed"] for c in connects),
                     "connect_per_s": [c["connect_per_s"] for c in connects]},
-        "offered_push_rate": rate * (len(lanes) if kind == "broadcast" else 1),
+        "offered_push_rate": rate * (1 if kind == "targeted" else len(lanes)),
         "achieved_push_rate": round(sent / pushing_s, 1),
         "push_errors": sum(lane.pusher.errors for lane in lanes),
         "deliveries_per_s": round(stats.received / elapsed, 1),
@@ -244,23 +266,29 @@ def compare(runs: list[dict[str, Any]], *, bound: float = BOUND) -> list[dict[st
 
 
 def create_app(gw: GatewayProcess) -> tuple[dict[str, str], dict[str, str]]:
-    """Create ``OTHER_APP`` on the gateway; API keys and token secrets of both apps."""
+    """Create ``OTHER_APP`` on the gateway; API keys (``SECOND_KEY``: another of ``default``)
+    and token secrets of both apps."""
     secret = gw.manage("createapp", OTHER_APP).strip().splitlines()[-1]
-    keys = {app: gw.manage("createapikey", f"bench-{app}", "--app", app).strip().splitlines()[-1]
-            for app in (DEFAULT_APP, OTHER_APP)}
+    keys = {name: gw.manage("createapikey", f"bench-{name}", "--app",
+                            OTHER_APP if name == OTHER_APP else DEFAULT_APP
+                            ).strip().splitlines()[-1]
+            for name in (DEFAULT_APP, SECOND_KEY, OTHER_APP)}
     return keys, {DEFAULT_APP: JWT_SECRET, OTHER_APP: secret}
 
 
 async def run(*, gw: GatewayProcess, server: str, clients: int, rate: float, targeted_clients: int,
               targeted_rate: float, duration_s: float, rounds: int, control: bool = False,
+              kinds: Sequence[str] = ("broadcast", "targeted"),
               emit: Callable[[str, dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Every measurement (emitted as it ends), then the ratio lines. ``server`` is the
     gateway's ``rungateway --server``, passed in: under ``python -m bench.run`` that module's
     globals are ``__main__``'s, not the ``bench.run`` imported here."""
     keys, secrets = create_app(gw)
     runs: list[dict[str, Any]] = []
-    parts = (("broadcast", clients, rate), ("targeted", targeted_clients, targeted_rate))
-    for kind, n, r in parts:
+    parts = {"broadcast": (clients, rate), "multicast": (clients, rate),
+             "targeted": (targeted_clients, targeted_rate)}
+    for kind in kinds:
+        n, r = parts[kind]
         sides = side_order(rounds, control=control and kind == "broadcast")
         per_round = len(sides) // rounds
         for i, layout in enumerate(sides):

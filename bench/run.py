@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="apps: single pushes/s of the targeted part")
     parser.add_argument("--rounds", type=int, default=2,
                         help="apps: measurements of each side, alternating which goes first")
+    parser.add_argument("--kinds", default="broadcast,targeted",
+                        help="apps: which parts, of broadcast, targeted, multicast")
     parser.add_argument("--control", action="store_true",
                         help="apps: also broadcast twice the pushes to half the clients in one "
                              "app, to tell the apps' cost from the pushes' (bench/apps.py)")
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
                 gw=gw, server=args.server, clients=args.clients or 1000, rate=args.rate or 50,
                 targeted_clients=args.targeted_clients, targeted_rate=args.targeted_rate,
                 duration_s=args.duration, rounds=args.rounds, control=args.control,
-                emit=emit))
+                kinds=args.kinds.split(","), emit=emit))
         for line in ratios:
             print(json.dumps(line), flush=True)
 
