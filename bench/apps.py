@@ -65,9 +65,10 @@ IN_FLIGHT = 32
 
 
 #: The sides of a comparison. ``CONTROL`` (broadcast only, ``--control``): half the clients,
-#: all in ``default``, and two broadcasts a tick on two of its keys: the two-apps side's pushes and
-#: fan-out in one app, so two apps against it shows the apps' own cost, and it against one
-#: app the cost of twice the pushes at half the fan-out.
+#: all in ``default``, two broadcasts a tick on two of its keys: the two-apps side's pushes
+#: and fan-out in one app. Against one app it shows the cost of twice the pushes at half
+#: the fan-out; it holds half the connections, which is cheaper per delivery on its own
+#: (docs/performance.md), so ``--kinds multicast`` is the cleaner test of the apps alone.
 ONE, TWO, CONTROL = "one-app", "two-apps", "control"
 
 
