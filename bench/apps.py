@@ -3,7 +3,7 @@
     python -m bench.run apps [--clients 1000 --rate 50] [--targeted-clients 2000
         --targeted-rate 1000] [--duration 10] [--rounds 2] [--control] [--server uvicorn]
 
-Two kinds, each measured with one app and with two, on the same gateway process:
+Two kinds by default, each measured with one app and with two, on the same gateway process:
 
 - ``broadcast``: ``clients`` users all in the app ``default``, one broadcast every
   ``1/rate`` s; against the same number of users split evenly over ``default`` and a created
@@ -23,7 +23,7 @@ throughput ratio is at least ``BOUND`` (the issue's "within 5 %") and nothing wa
 With ``--control`` the broadcast part also measures ``CONTROL`` (below), which separates
 what two apps cost from what twice the pushes cost, but holds half the connections.
 
-``--kinds multicast`` isolates the apps alone: the broadcast's clients, ticks and
+``--kinds multicast`` is meant to isolate the apps alone: the broadcast's clients, ticks and
 deliveries, but every push names its users (``users``, ``clients/2`` of them): one app's
 users in two halves, one push per half a tick, against each app's users, one push per app
 a tick. Same connections, pushes, fan-out and deliveries on both sides; only the apps
@@ -130,16 +130,19 @@ async def measure(*, gw: GatewayProcess, server: str, keys: dict[str, str],
     side = f"{kind[0]}-{layout}-{time.monotonic_ns() % 10**8}"
     users = [f"{side}-u{i}" for i in range(clients // len(names))]
     stats = Stats()
-    # The same user ids in each app: ``u1`` of two apps is two users; two lanes of one app
-    # have their own users, except the control's, which push to the same clients.
-    # Each lane its own API key (a second lane of ``default`` its second key), so that two
-    # lanes of one app and two apps differ only in the apps, not in how many keys push.
-    lanes = [Lane(app=app, users=users if app != DEFAULT_APP or n == 0 or layout == CONTROL
-                  else [f"{side}-h{n}-u{i}" for i in range(len(users))],
-                  pusher=Pusher(gw=gw, api_key=keys[app if n == 0 or app != DEFAULT_APP
-                                                     else SECOND_KEY],
-                                in_flight=IN_FLIGHT // len(names)))
-             for n, app in enumerate(names)]
+    lanes = []
+    for n, app in enumerate(names):
+        # The same user ids in each app (``u1`` of two apps is two users); a second lane of
+        # one app has users of its own, except the control's, which pushes to the same ones.
+        # Each lane its own API key (``default``'s second lane its second key), so one app
+        # and two apps differ in the apps, not in how many keys push.
+        second = n > 0 and app == DEFAULT_APP
+        lanes.append(Lane(
+            app=app,
+            users=[f"{side}-h{n}-u{i}" for i in range(len(users))]
+            if second and layout != CONTROL else users,
+            pusher=Pusher(gw=gw, api_key=keys[SECOND_KEY if second else app],
+                          in_flight=IN_FLIGHT // len(names))))
     connects = []
     for n, lane in enumerate(lanes):
         if layout == CONTROL and n:
