@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import random
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +48,8 @@ from bench.run import ProcessMeter, token
 from tests.support.gateway import GatewayProcess, start_gateway
 
 SERVER = {"name": "daphne"}
+#: ``--env NAME=VALUE``: for every gateway started.
+EXTRA_ENV: dict[str, str] = {}
 BASE_ENV = {"GATEWAY_API_RATE_PER_SECOND": "0", "GATEWAY_LOG_LEVEL": "WARNING"}
 _ID_KEY = b'"id":"'
 #: Clients heartbeat like real ones: a run outlasts the 60 s heartbeat timeout.
@@ -168,7 +171,8 @@ def ws_url(gw: GatewayProcess, user: str, since: str | None = None) -> str:
 
 def start(workdir: Path, node_id: str, *, port: int | None = None,
           env: dict[str, str] | None = None) -> GatewayProcess:
-    return start_gateway(workdir, node_id=node_id, port=port, env={**BASE_ENV, **(env or {})},
+    return start_gateway(workdir, node_id=node_id, port=port,
+                         env={**BASE_ENV, **EXTRA_ENV, **(env or {})},
                          args=["--server", SERVER["name"]])
 
 
@@ -436,7 +440,7 @@ async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
         watchers = [asyncio.create_task(_reconnect_after(c, log, keep))
                     for c, log in zip(first_conns, [c.log for c in first_conns], strict=True)]
         term_at = time.perf_counter()
-        stop_code = await asyncio.to_thread(gw.stop)
+        stop_code = await asyncio.to_thread(gw.stop, signal.SIGTERM, 90.0)
         stopped_at = time.perf_counter()
         gw = await asyncio.to_thread(start, workdir, "kept-storm", port=port)
         ready_at = time.perf_counter()
@@ -471,8 +475,11 @@ async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
             "reconnected": len(reconnected_at), "reconnect_attempts": attempts,
             "all_back_after_ready_s": round(all_back_at - ready_at, 2),
             "all_back_after_sigterm_s": round(all_back_at - term_at, 2),
+            "all_back_after_first_reconnect_s": round(
+                all_back_at - min(reconnected_at), 2) if reconnected_at else None,
             "reconnect_p50_after_ready_s": round(sorted(reconnected_at)[len(reconnected_at) // 2]
                                                  - ready_at, 2) if reconnected_at else None,
+            "recovered_with_since": sum(1 for r in recov if r),
             "recovery_complete": sum(1 for r in recov if r and r.get("complete")),
             "recovery_replayed": sum(r.get("replayed", 0) for r in recov if r),
         }
@@ -505,8 +512,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--before", type=float, default=3.0, help="storm: pushing before drain")
     parser.add_argument("--after", type=float, default=3.0, help="storm: pushing after all back")
     parser.add_argument("--concurrency", type=int, default=500, help="storm: handshakes at once")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for the gateway (repeatable)")
     args = parser.parse_args(argv)
     SERVER["name"] = args.server
+    EXTRA_ENV.update(item.split("=", 1) for item in args.env)
     workdir = Path(tempfile.mkdtemp(prefix="gateway-kept-"))
     s = args.scenario
     if s == "rest":
