@@ -387,6 +387,7 @@ async def resume(*, clients: int, missed: int, workdir: Path) -> list[dict[str, 
         "scenario": "kept-resume", "gateway_server": SERVER["name"], "clients": clients,
         "missed": missed, "complete_replays": len(ok),
         "recovery_sample": rows[-1]["recovery"] if rows else None,
+        "connect_to_last_within_50ms": sum(1 for r in ok if r["connect_to_last_s"] <= 0.05),
         **{f"{name}_ms": {"p50": percentile_ms([r[f"{name}_s"] for r in ok], 0.5),
                           "p99": percentile_ms([r[f"{name}_s"] for r in ok], 0.99),
                           "max": percentile_ms([r[f"{name}_s"] for r in ok], 1.0)}
