@@ -296,6 +296,10 @@ class GatewayNode:
         if not self.running:
             return
         self.running = False
+        # A connection or request arriving while the node drains must not start it again
+        # (``ensure_started``): under a reconnect storm it did, again and again, and the
+        # process never exited. ``start()`` itself still may.
+        self.autostart = False
         drained = await self.hub.drain()
         # Pushes already queued for the push log are committed (and reach the relay's
         # queue) before the relay stops: answered 202, they are kept.

@@ -116,7 +116,13 @@ class PushLog(models.Model):
                 name="push_idempotency_key_per_client",
             )
         ]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            # A resume's kept broadcasts after ``since`` (push_app.recipients.inbox): without
+            # it the read walks every push of the app (the ``app`` index) and sorts them.
+            models.Index(fields=["app", "id"], name="pushlog_kept_broadcasts",
+                         condition=models.Q(broadcast=True, expires_at__isnull=False)),
+        ]
         permissions = [("send_test_push", "Can send a test push from the console")]
 
     def __str__(self) -> str:

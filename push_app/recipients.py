@@ -19,10 +19,11 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 
 from push_app.models import WAITING, PushLog, PushRecipient, RecipientState
@@ -169,36 +170,88 @@ def inbox(*, app: str, user_id: str, since: str | None, limit: int,
     """What a session of the user gets on connecting (PROTOCOL.md section 6), in accept
     order: the kept pushes to the user it has not acked (at most ``limit``, the newest),
     and with ``since``, only those accepted after it, plus the app's kept broadcasts after
-    it. Two queries, three with ``since``."""
+    it. One query, three with ``since``, each on an index (``recipient_inbox``,
+    ``pushlog_kept_broadcasts``), as plain SQL compiled once: every connection runs this,
+    and building the same querysets through the ORM cost a hundred times the queries."""
     now = now or timezone.now()
+    sql = _inbox_statements()
+    at = connection.ops.adapt_datetimefield_value(now)
     complete: bool | None = None
-    after = Q()
-    if since is not None:
-        complete = PushLog.objects.filter(pk=since, app=app).exists()
-        after = Q(push_id__gt=since)
-    waiting = (
-        PushRecipient.objects.filter(after, app=app, user_id=user_id, kept=True,
-                                     state__in=WAITING, expires_at__gt=now)
-        .order_by("-push_id")
-        .values_list("push_id", "attempts", "push__topic", "push__data_json",
-                     "push__created_at")[:limit]
-    )
+    with connection.cursor() as cursor:
+        if since is None:
+            cursor.execute(sql.waiting, [app, user_id, at, limit])
+        else:
+            cursor.execute(sql.known, [since, app])
+            complete = cursor.fetchone() is not None
+            cursor.execute(sql.waiting_since, [app, user_id, at, since, limit])
+        waiting = cursor.fetchall()
+        broadcasts: list[Any] = []
+        if since is not None:
+            cursor.execute(sql.broadcasts, [app, at, since, limit])
+            broadcasts = cursor.fetchall()
     pushes = [Replayed(id=push_id, targeted=True,
-                       frame=replay_frame(push_id, topic, data, created,
+                       frame=replay_frame(push_id, topic, data, _aware(created),
                                           redelivered=attempts > 0))
               for push_id, attempts, topic, data, created in waiting]
-    if since is not None:
-        broadcasts = (
-            PushLog.objects.filter(pk__gt=since, app=app, broadcast=True,
-                                   expires_at__gt=now)
-            .order_by("-id").values_list("id", "topic", "data_json", "created_at")[:limit]
-        )
-        pushes.extend(Replayed(id=push_id, targeted=False,
-                               frame=replay_frame(push_id, topic, data, created,
-                                                  redelivered=False))
-                      for push_id, topic, data, created in broadcasts)
+    pushes.extend(Replayed(id=push_id, targeted=False,
+                           frame=replay_frame(push_id, topic, data, _aware(created),
+                                              redelivered=False))
+                  for push_id, topic, data, created in broadcasts)
     pushes.sort(key=lambda p: p.id)
     return Recovery(pushes=pushes, complete=complete)
+
+
+def _aware(value: datetime | str) -> datetime:
+    """A ``created_at`` from a plain cursor: naive UTC on SQLite (a string if no converter
+    ran), aware on PostgreSQL."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if timezone.is_naive(value) else value
+
+
+@dataclass(frozen=True, slots=True)
+class _InboxStatements:
+    known: str
+    waiting: str
+    waiting_since: str
+    broadcasts: str
+
+
+_inbox_by_vendor: dict[str, _InboxStatements] = {}
+
+
+def _inbox_statements() -> _InboxStatements:
+    """The inbox's SQL for this connection's database. The conditions are written as the
+    partial indexes' own (``kept``, ``state IN (…)`` as literals, ``broadcast``), so that
+    SQLite sees they imply them and uses the indexes."""
+    found = _inbox_by_vendor.get(connection.vendor)
+    if found is not None:
+        return found
+    q = connection.ops.quote_name
+    r_meta, l_meta = PushRecipient._meta, PushLog._meta
+    r = {f.attname: f"{q(r_meta.db_table)}.{q(str(f.column))}" for f in r_meta.concrete_fields}
+    lg = {f.attname: f"{q(l_meta.db_table)}.{q(str(f.column))}" for f in l_meta.concrete_fields}
+    states = ", ".join(f"'{s.value}'" for s in WAITING)
+    waiting = (
+        f"SELECT {r['push_id']}, {r['attempts']}, {lg['topic']}, {lg['data_json']}, "
+        f"{lg['created_at']} FROM {q(r_meta.db_table)} INNER JOIN {q(l_meta.db_table)} "
+        f"ON {r['push_id']} = {lg['id']} "
+        f"WHERE {r['app']} = %s AND {r['user_id']} = %s AND {r['kept']} "
+        f"AND {r['state']} IN ({states}) AND {r['expires_at']} > %s"
+    )
+    order = f" ORDER BY {r['push_id']} DESC LIMIT %s"
+    statements = _InboxStatements(
+        known=f"SELECT 1 FROM {q(l_meta.db_table)} WHERE {lg['id']} = %s AND {lg['app']} = %s",
+        waiting=waiting + order,
+        waiting_since=waiting + f" AND {r['push_id']} > %s" + order,
+        broadcasts=(
+            f"SELECT {lg['id']}, {lg['topic']}, {lg['data_json']}, {lg['created_at']} "
+            f"FROM {q(l_meta.db_table)} WHERE {lg['app']} = %s AND {lg['broadcast']} "
+            f"AND {lg['expires_at']} > %s AND {lg['id']} > %s "
+            f"ORDER BY {lg['id']} DESC LIMIT %s"),
+    )
+    _inbox_by_vendor[connection.vendor] = statements
+    return statements
 
 
 # --- Settling -------------------------------------------------------------------------------

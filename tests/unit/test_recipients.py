@@ -7,11 +7,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from push_app import services
 from push_app.models import PushRecipient
-from push_app.recipients import RecipientLedger, inbox, settle
+from push_app.recipients import RecipientLedger, _inbox_statements, inbox, settle
 from push_app.validation import push_request
 from push_app.writer import store_group
 
@@ -102,3 +103,21 @@ def test_settle_expires_and_drops_the_oldest_past_the_limit():
                                                        "pending"]
     assert state(short.id, "u2")[0] == "expired"
     assert settle(max_pending=2) == (0, 0)  # idempotent
+
+
+def test_inbox_reads_go_through_their_indexes_on_sqlite():
+    """Every connection reads its inbox: none of its statements may walk the push log (the
+    broadcasts read once used the ``app`` index and sorted every push of the app)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's plans")
+    sql = _inbox_statements()
+    plans = {}
+    with connection.cursor() as cursor:
+        for name in ("known", "waiting", "waiting_since", "broadcasts"):
+            statement = getattr(sql, name)
+            cursor.execute("EXPLAIN QUERY PLAN " + statement, [None] * statement.count("%s"))
+            plans[name] = " | ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "USING INDEX recipient_inbox (app=? AND user_id=?)" in plans["waiting"]
+    assert "recipient_inbox (app=? AND user_id=? AND push_id>?)" in plans["waiting_since"]
+    assert "USING INDEX pushlog_kept_broadcasts (app=? AND id>?)" in plans["broadcasts"]
+    assert "TEMP B-TREE" not in " ".join(plans.values()), plans
