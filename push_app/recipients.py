@@ -169,8 +169,12 @@ def inbox(*, app: str, user_id: str, since: str | None, limit: int,
           now: datetime | None = None) -> Recovery:
     """What a session of the user gets on connecting (PROTOCOL.md section 6), in accept
     order: the kept pushes to the user it has not acked (at most ``limit``, the newest),
-    and with ``since``, only those accepted after it, plus the app's kept broadcasts after
-    it. One query, three with ``since``, each on an index (``recipient_inbox``,
+    and with ``since``, the app's kept broadcasts after it too. The unacked targeted
+    pushes come whatever ``since`` says (but never the ``since`` push itself): one the
+    client has not acked may be older than the last it handled (accepted by another node,
+    or its ack lost), and is sent again on every connection until acked.
+
+    One query, three with ``since``, each on an index (``recipient_inbox``,
     ``pushlog_kept_broadcasts``), as plain SQL compiled once: every connection runs this,
     and building the same querysets through the ORM cost a hundred times the queries."""
     now = now or timezone.now()
@@ -178,13 +182,11 @@ def inbox(*, app: str, user_id: str, since: str | None, limit: int,
     at = connection.ops.adapt_datetimefield_value(now)
     complete: bool | None = None
     with connection.cursor() as cursor:
-        if since is None:
-            cursor.execute(sql.waiting, [app, user_id, at, limit])
-        else:
+        if since is not None:
             cursor.execute(sql.known, [since, app])
             complete = cursor.fetchone() is not None
-            cursor.execute(sql.waiting_since, [app, user_id, at, since, limit])
-        waiting = cursor.fetchall()
+        cursor.execute(sql.waiting, [app, user_id, at, limit])
+        waiting = [row for row in cursor.fetchall() if row[0] != since]
         broadcasts: list[Any] = []
         if since is not None:
             cursor.execute(sql.broadcasts, [app, at, since, limit])
@@ -213,7 +215,6 @@ def _aware(value: datetime | str) -> datetime:
 class _InboxStatements:
     known: str
     waiting: str
-    waiting_since: str
     broadcasts: str
 
 
@@ -243,7 +244,6 @@ def _inbox_statements() -> _InboxStatements:
     statements = _InboxStatements(
         known=f"SELECT 1 FROM {q(l_meta.db_table)} WHERE {lg['id']} = %s AND {lg['app']} = %s",
         waiting=waiting + order,
-        waiting_since=waiting + f" AND {r['push_id']} > %s" + order,
         broadcasts=(
             f"SELECT {lg['id']}, {lg['topic']}, {lg['data_json']}, {lg['created_at']} "
             f"FROM {q(l_meta.db_table)} WHERE {lg['app']} = %s AND {lg['broadcast']} "
