@@ -1,5 +1,5 @@
 // Unit tests of gateway.js with a fake WebSocket and an injected clock: no server, no sleep.
-// Run: node --test clients/js/test/   (tests/clients/test_js_node.py runs them from pytest)
+// Run: node --test clients/js/test/unit.test.js  (tests/clients/test_js_node.py runs them from pytest)
 import assert from "node:assert/strict";
 import { test } from "node:test";
 

@@ -5,7 +5,7 @@
 """
 
 from gateway_client.api import GatewayAPI, GatewayAPIError, Webhooks
-from gateway_client.client import GatewayClient, Push
+from gateway_client.client import GatewayClient, GatewayClosed, Push
 from gateway_client.policy import Backoff, CloseCode, RecentIds, refresh_delay_s, token_exp
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "GatewayAPI",
     "GatewayAPIError",
     "GatewayClient",
+    "GatewayClosed",
     "Push",
     "RecentIds",
     "Webhooks",

@@ -44,6 +44,16 @@ TOKEN_CODES = frozenset({CloseCode.UNAUTHORIZED, CloseCode.TOKEN_EXPIRED})
 ABNORMAL = 1006
 
 
+class GatewayClosed(ConnectionError):
+    """The gateway closed the connection with a code that stops the client (reported to
+    ``on_error`` handlers); ``code`` is the close code."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"closed by the gateway with {code}" + (f": {reason}" if reason else ""))
+        self.code = code
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Push:
     """A push as the application sees it."""
@@ -112,6 +122,7 @@ class GatewayClient:
         self._push_handlers: list[PushHandler] = []
         self._state_handlers: list[Callable[[State], None]] = []
         self._error_handlers: list[Callable[[Exception], None]] = []
+        self._welcome_handlers: list[Callable[[dict[str, Any]], None]] = []
         self._queue: asyncio.Queue[tuple[ClientConnection, Push] | None] = asyncio.Queue()
         self._conn: _Connection | None = None
         self._stopped = False
@@ -130,6 +141,13 @@ class GatewayClient:
 
     def on_error(self, handler: Callable[[Exception], None]) -> Callable[[Exception], None]:
         self._error_handlers.append(handler)
+        return handler
+
+    def on_welcome(
+        self, handler: Callable[[dict[str, Any]], None],
+    ) -> Callable[[dict[str, Any]], None]:
+        """Decorator: ``handler(frame)`` for each ``welcome`` (its ``recovery`` on resume)."""
+        self._welcome_handlers.append(handler)
         return handler
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -197,9 +215,9 @@ class GatewayClient:
                 if task is not None:
                     task.cancel()
         code = ws.close_code if ws.close_code is not None else ABNORMAL
-        return self._after_close(code, conn)
+        return self._after_close(code, ws.close_reason or "", conn)
 
-    def _after_close(self, code: int, conn: _Connection) -> float | None:
+    def _after_close(self, code: int, reason: str, conn: _Connection) -> float | None:
         if self._stopped:
             return None
         open_s = self.clock() - conn.opened_at if conn.welcomed else 0.0
@@ -207,7 +225,7 @@ class GatewayClient:
         bare = self.get_token is None
         if code in STOP_CODES or (bare and code in TOKEN_CODES):
             self.close_code = code
-            self._report(ConnectionError(f"closed by the gateway with {code}"))
+            self._report(GatewayClosed(code, reason))
             return None
         if code in TOKEN_CODES:
             self._token = None  # ask the application for a new one
@@ -246,6 +264,11 @@ class GatewayClient:
             if exp is not None and self.get_token is not None:
                 self._schedule_refresh(conn, exp)
             self._set_state("open")
+            for handler in list(self._welcome_handlers):
+                try:
+                    handler(frame)
+                except Exception:
+                    logger.exception("welcome handler failed")
         elif kind == "refreshed" and isinstance(frame.get("exp"), int | float):
             self._schedule_refresh(conn, float(frame["exp"]))
         elif kind == "error" and frame.get("code") != "bad_ack":
