@@ -211,6 +211,8 @@ export class GatewayClient {
     }
     if (this._stopped) return;
     const url = new URL(this.url, globalThis.location ? globalThis.location.href : undefined);
+    if (url.protocol === "http:") url.protocol = "ws:"; // a relative url in a page
+    else if (url.protocol === "https:") url.protocol = "wss:";
     url.searchParams.set("token", token);
     if (this.lastId) url.searchParams.set("since", this.lastId);
     else url.searchParams.delete("since");

@@ -262,3 +262,19 @@ test("refresh: a new token 10 s before exp, on the same connection", async () =>
   assert.equal(FakeWS.all.length, 1, "no reconnect");
   c.close();
 });
+
+test("a page-relative url becomes ws:// or wss:// on the page's host", async () => {
+  const clock = new Clock();
+  globalThis.location = { href: "https://app.example.com/orders/" };
+  try {
+    FakeWS.all = [];
+    const c = new GatewayClient("/ws/", { token: "t0", WebSocket: FakeWS, setTimeout: clock.setTimeout,
+                                          clearTimeout: clock.clearTimeout, now: clock.now });
+    c.connect();
+    await flush();
+    assert.equal(FakeWS.all[0].url.origin + FakeWS.all[0].url.pathname, "wss://app.example.com/ws/");
+    c.close();
+  } finally {
+    delete globalThis.location;
+  }
+});
