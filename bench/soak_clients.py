@@ -146,9 +146,11 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await asyncio.sleep(args.duration / (args.restarts + 1))
             a_up.clear()
             t0 = time.monotonic()
-            code = a.stop()
+            # Off the event loop: the clients and the pusher go on meanwhile.
+            code = await asyncio.to_thread(a.stop)
             await asyncio.sleep(args.down_s)  # pushes go to b meanwhile
-            a = start_gateway(workdir, node_id="a", env=env, port=a.port, migrate=False)
+            a = await asyncio.to_thread(start_gateway, workdir, node_id="a", env=env,
+                                        port=a.port, migrate=False)
             nodes.append(a)
             a_up.set()
             back_s = await wait_until(lambda: fleet.open_count() == len(users), 120)
