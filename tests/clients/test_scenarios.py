@@ -20,7 +20,7 @@ import pytest
 from gateway_client import GatewayAPI
 
 from tests.support.client_libs import LibClient, lib_client
-from tests.support.clients import eventually, make_token, uid
+from tests.support.clients import eventually, uid
 from tests.support.gateway import GatewayProcess, start_gateway
 
 pytestmark = [pytest.mark.e2e]
@@ -86,7 +86,7 @@ async def test_a_bare_token_that_expires_is_reported_like_4010(
     gw: GatewayProcess, kind: str,
 ) -> None:
     user = uid(kind)
-    lib = start(kind, gw, user, bare_token=make_token(user, ttl=3))
+    lib = start(kind, gw, user, bare_ttl_s=3)
     await lib.start()
     try:
         await lib.wait_for(lambda c: welcomes(c) == 1, what="welcome")

@@ -62,16 +62,17 @@ def node_binary() -> str:
 
 class LibClient:
     """One client library instance for ``user``: ``get_token`` mode (tokens of
-    ``token_ttl_s``) unless ``bare_token`` is given."""
+    ``token_ttl_s``), or with ``bare_ttl_s`` a bare token of that lifetime, made just before
+    the client is (so that a slow browser start does not eat it)."""
 
     kind = "?"
 
     def __init__(self, url: str, user: str, *, token_ttl_s: int = 600,
-                 bare_token: str | None = None) -> None:
+                 bare_ttl_s: int | None = None) -> None:
         self.url = url
         self.user = user
         self.token_ttl_s = token_ttl_s
-        self.bare_token = bare_token
+        self.bare_ttl_s = bare_ttl_s
         self.events: list[dict[str, Any]] = []
 
     async def start(self) -> None:
@@ -103,12 +104,16 @@ class LibClient:
         self.events.append({"kind": "token"})
         return make_token(self.user, ttl=self.token_ttl_s)
 
+    def _bare(self) -> str:
+        assert self.bare_ttl_s is not None
+        return make_token(self.user, ttl=self.bare_ttl_s)
+
 
 class PythonLib(LibClient):
     kind = "python"
 
     async def start(self) -> None:
-        kwargs: dict[str, Any] = ({"token": self.bare_token} if self.bare_token else
+        kwargs: dict[str, Any] = ({"token": self._bare()} if self.bare_ttl_s else
                                   {"get_token": self._get_token})
         self.client = GatewayClient(self.url, connect_kwargs={"proxy": None}, **kwargs)
         client = self.client
@@ -145,9 +150,8 @@ class NodeLib(LibClient):
 
     async def start(self) -> None:
         env = {**os.environ, "GW_URL": self.url, "GW_USER": self.user, "GW_SECRET": JWT_SECRET,
-               "GW_TOKEN_TTL": str(self.token_ttl_s),
-               "GW_MODE": "token" if self.bare_token else "getToken",
-               "GW_TOKEN": self.bare_token or ""}
+               "GW_TOKEN_TTL": str(self.bare_ttl_s or self.token_ttl_s),
+               "GW_MODE": "token" if self.bare_ttl_s else "getToken"}
         self.proc = await asyncio.create_subprocess_exec(
             node_binary(), str(JS_DIR / "test" / "driver.mjs"), cwd=JS_DIR, env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -226,7 +230,8 @@ class ChromiumLib(LibClient):
         await self.page.expose_function("pyToken", py_token)
         await self.page.expose_function("pyEvent", py_event)
         await self.page.goto(self.page_url)
-        await self.page.evaluate(BROWSER_CLIENT, [self.url, self.bare_token or ""])
+        bare = self._bare() if self.bare_ttl_s else ""
+        await self.page.evaluate(BROWSER_CLIENT, [self.url, bare])
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):

@@ -2,7 +2,7 @@
 // prints what the application sees as JSON lines on stdout; "close" on stdin closes it.
 //
 // Environment: GW_URL (ws://…/ws/), GW_USER, GW_SECRET (HS256 secret for getToken),
-// GW_TOKEN_TTL (s), GW_MODE ("getToken" or "token": a bare token, GW_TOKEN or minted once).
+// GW_TOKEN_TTL (s), GW_MODE ("getToken" or "token": a bare token, minted at start).
 import { createHmac } from "node:crypto";
 import { createInterface } from "node:readline";
 
@@ -23,7 +23,7 @@ function sign(sub, ttlS) {
 const ttl = Number(env.GW_TOKEN_TTL || 600);
 const options = { WebSocket };
 if (env.GW_MODE === "token") {
-  options.token = env.GW_TOKEN || sign(env.GW_USER, ttl);
+  options.token = sign(env.GW_USER, ttl);
 } else {
   options.getToken = async () => {
     emit({ kind: "token" });
