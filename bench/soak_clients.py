@@ -106,6 +106,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         connect_s = await wait_until(lambda: fleet.open_count() == len(users), 120)
 
         expected: dict[str, list[str]] = defaultdict(list)
+        accepted_by: dict[str, tuple[str, float]] = {}
         accepted = refused = 0
         a_up = asyncio.Event()
         a_up.set()
@@ -122,17 +123,19 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         return
                     targets = rng.sample(users, min(args.users_per_push, len(users)))
                     body = {"users": targets, "data": {"at": time.time()}, "ttl": args.ttl}
-                    answer = None
+                    answer, by = None, "a"
                     if a_up.is_set():
                         with contextlib.suppress(httpx.HTTPError, GatewayAPIError):
                             answer = await api_a.push(**body)
                     if answer is None:
+                        by = "b"
                         with contextlib.suppress(httpx.HTTPError, GatewayAPIError):
                             answer = await api_b.push(**body)
                     if answer is None:
                         refused += 1
                     else:
                         accepted += 1
+                        accepted_by[answer["id"]] = (by, round(time.monotonic() - started, 2))
                         for user in targets:
                             expected[user].append(answer["id"])
                     await asyncio.sleep(1 / args.rate)
@@ -146,15 +149,18 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await asyncio.sleep(args.duration / (args.restarts + 1))
             a_up.clear()
             t0 = time.monotonic()
+            stopped_at = round(t0 - started, 2)
             # Off the event loop: the clients and the pusher go on meanwhile.
             code = await asyncio.to_thread(a.stop)
             await asyncio.sleep(args.down_s)  # pushes go to b meanwhile
             a = await asyncio.to_thread(start_gateway, workdir, node_id="a", env=env,
                                         port=a.port, migrate=False)
+            up_s = time.monotonic() - t0
             nodes.append(a)
             a_up.set()
             back_s = await wait_until(lambda: fleet.open_count() == len(users), 120)
-            restarts.append({"n": i + 1, "exit_code": code,
+            restarts.append({"n": i + 1, "exit_code": code, "stopped_at_s": stopped_at,
+                             "started_at_s": round(t0 - started + up_s, 2),
                              "all_open_after_s": None if back_s is None
                              else round(time.monotonic() - t0, 2)})
         remaining = args.duration - (time.monotonic() - started)
@@ -168,6 +174,20 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             return sum(len(set(ids) - fleet.seen[user]) for user, ids in expected.items())
 
         drained_s = await wait_until(lambda: lost_now() == 0, args.drain_timeout)
+        # What became of a few lost pushes, by the gateway's own per-recipient state.
+        lost_sample: list[dict[str, Any]] = []
+        async with GatewayAPI(a.url, key=key, timeout_s=10) as api:
+            for user, ids in expected.items():
+                for push_id in ids:
+                    if push_id in fleet.seen[user] or len(lost_sample) >= 10:
+                        continue
+                    by, at = accepted_by[push_id]
+                    state: Any = None
+                    with contextlib.suppress(httpx.HTTPError, GatewayAPIError):
+                        page = await api.recipients(push_id)
+                        state = next((r for r in page["results"] if r["user"] == user), None)
+                    lost_sample.append({"user": user, "push": push_id, "accepted_by": by,
+                                        "accepted_at_s": at, "recipient": state})
         out_of_order = sum(
             1 for user, ids in expected.items()
             if [p for p in fleet.received[user] if p in set(ids)] != [
@@ -182,6 +202,10 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "lost": lost_now(), "duplicated_to_app": fleet.duplicates,
             "users_out_of_order": out_of_order, "welcomes": fleet.welcomes,
             "drained_s": drained_s, "elapsed_s": round(time.monotonic() - started, 1),
+            "lost_by_node": {n: sum(1 for user, ids in expected.items() for p in ids
+                                    if p not in fleet.seen[user] and accepted_by[p][0] == n)
+                             for n in ("a", "b")},
+            "lost_sample": lost_sample,
         }
     finally:
         if fleet is not None:
