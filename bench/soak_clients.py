@@ -6,6 +6,9 @@ pushes flowing; counts pushes lost and pushes handed to the application twice. O
 Node ``a`` holds the clients and is drained (SIGTERM, 4012) and started again on the same
 port and data ``--restarts`` times; node ``b`` shares the data and accepts the pushes made
 while ``a`` is down (kept pushes, PROTOCOL.md section 6: they reach the users on resume).
+The two nodes share a SQLite file and, with ``--broker redis`` (the default), a throwaway
+``redis-server`` as their broker; with ``--broker local`` each has its own broker, so what b
+accepts reaches a's users only as kept pushes loaded by a later (re)start of a.
 Every push is targeted (``--users-per-push`` users) with ``ttl`` ``--ttl``. Bounded: pushes
 stop after ``--duration``, then the run waits at most ``--drain-timeout`` for the last
 deliveries; every process it starts is stopped. Not a unit test: it needs kept pushes and
@@ -30,6 +33,7 @@ import httpx
 import jwt
 from gateway_client import GatewayAPI, GatewayAPIError, GatewayClient, Push
 
+from tests.monitoring.support import ThrowawayRedis
 from tests.support.gateway import JWT_SECRET, GatewayProcess, start_gateway
 
 
@@ -92,6 +96,12 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     shared.mkdir()
     env = {"GATEWAY_DATA_DIR": str(shared), "GATEWAY_MAX_CONNECTIONS_PER_USER": "5",
            "GATEWAY_API_RATE_PER_SECOND": "0"}
+    redis: ThrowawayRedis | None = None
+    if args.broker == "redis":
+        # One broker for both nodes, as in a cluster: a push b accepts reaches a's users.
+        redis = ThrowawayRedis(workdir)
+        redis.start()
+        env.update({"GATEWAY_BROKER": "redis", "REDIS_URL": redis.url})
     a = start_gateway(workdir, node_id="a", env=env)
     nodes: list[GatewayProcess] = [a]
     fleet: Fleet | None = None
@@ -115,22 +125,18 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         async def pusher() -> None:
             nonlocal accepted, refused
-            api_a = GatewayAPI(a.url, key=key, max_attempts=1, timeout_s=5)
-            api_b = GatewayAPI(b.url, key=key, max_attempts=3, timeout_s=5)
+            api_a = GatewayAPI(a.url, key=key, timeout_s=10)
+            api_b = GatewayAPI(b.url, key=key, timeout_s=10)
             try:
                 for _ in range(int(args.duration * args.rate) + 1):  # bounded
                     if stop_pushing.is_set():
                         return
                     targets = rng.sample(users, min(args.users_per_push, len(users)))
                     body = {"users": targets, "data": {"at": time.time()}, "ttl": args.ttl}
-                    answer, by = None, "a"
-                    if a_up.is_set():
-                        with contextlib.suppress(httpx.HTTPError, GatewayAPIError):
-                            answer = await api_a.push(**body)
-                    if answer is None:
-                        by = "b"
-                        with contextlib.suppress(httpx.HTTPError, GatewayAPIError):
-                            answer = await api_b.push(**body)
+                    # b takes the pushes while a is down.
+                    answer, by = None, "a" if a_up.is_set() else "b"
+                    with contextlib.suppress(httpx.HTTPError, GatewayAPIError):
+                        answer = await (api_a if by == "a" else api_b).push(**body)
                     if answer is None:
                         refused += 1
                     else:
@@ -194,7 +200,8 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 p for p in ids if p in fleet.seen[user]]
         )
         return {
-            "scenario": "soak_clients", "clients": args.clients, "restarts": restarts,
+            "scenario": "soak_clients", "clients": args.clients, "broker": args.broker,
+            "restarts": restarts,
             "duration_s": args.duration, "connect_s": connect_s,
             "pushes_accepted": accepted, "pushes_refused": refused,
             "deliveries_expected": sum(len(v) for v in expected.values()),
@@ -212,6 +219,8 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await fleet.stop()
         for node in nodes:
             node.stop()
+        if redis is not None:
+            redis.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=90, help="seconds of pushing")
     parser.add_argument("--down-s", type=float, default=2, help="seconds a is down per restart")
     parser.add_argument("--drain-timeout", type=float, default=60)
+    parser.add_argument("--broker", choices=("redis", "local"), default="redis",
+                        help="redis: both nodes on one throwaway redis-server (a cluster); "
+                        "local: each node its own broker")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="soak-clients-") as tmp:
         result = asyncio.run(soak(args, Path(tmp)))
