@@ -711,6 +711,12 @@ async def test_demo_page_and_static_files_without_debug(anon: Api) -> None:
     demo = await anon.http.get("/demo/")
     assert demo.status_code == 200
     assert re.search(r"<textarea[^>]*id=\"token\"", demo.text), demo.text[:500]
+    # The demo runs on the client module, served as the very bytes of clients/js/gateway.js.
+    assert 'from "/static/gateway/gateway.js"' in demo.text, demo.text[-2000:]
+    module = await anon.http.get("/static/gateway/gateway.js")
+    assert module.status_code == 200
+    assert "javascript" in module.headers["content-type"], module.headers
+    assert module.content == (REPO / "clients" / "js" / "gateway.js").read_bytes()
     css = await anon.http.get("/static/admin/css/base.css")
     assert css.status_code == 200
     assert css.headers["content-type"].startswith("text/css")
