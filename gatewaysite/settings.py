@@ -66,6 +66,8 @@ INSTALLED_APPS = [
     "sessions_app",
     "push_app",
     "monitoring",
+    # Webhooks: endpoints, the outbox and its sender (above both apps).
+    "webhooks",
     # The operator console (its admin site is the one above) and prunegateway.
     "console",
     # The runtime: the node, its servers, rungateway and runconsumer.
