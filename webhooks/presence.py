@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Min
+from django.db.models import Count, Max, Min
 
 from gateway_core import metrics
 from gateway_core.conf import gateway_settings
@@ -81,6 +81,7 @@ def presence_scan(*, now: float, debounce_s: int, node_timeout_s: int) -> list[T
         transition = Transition(app, user, USER_ONLINE, first.timestamp(), n)
         if _claim_online(transition, at):
             found.append(transition)
+    found.extend(_brief_sessions(apps, live, told_online, at))
     back = [key for key, absent in told_online.items() if key in live and absent is not None]
     gone = [key for key, absent in told_online.items() if key not in live and absent is None]
     for app, user in back:
@@ -99,6 +100,41 @@ def presence_scan(*, now: float, debounce_s: int, node_timeout_s: int) -> list[T
     return found
 
 
+#: How far back closed sessions are read for users who came and went between two scans.
+BRIEF_WINDOW_S = 30
+
+
+def _brief_sessions(apps: set[str], live: Mapping[tuple[str, str], Any],
+                    told_online: Mapping[tuple[str, str], Any],
+                    at: datetime) -> list[Transition]:
+    """Users whose sessions opened and closed between two scans (or within one recorder
+    batch) were never seen live: a real transition all the same. Each gets ``user.online``
+    (``sessions`` 0) and is marked absent, so that ``user.offline`` follows after the
+    debounce. The latest such session counts if it opened after the user was last told
+    offline."""
+    rows = (SessionRecord.objects
+            .filter(app__in=apps, closed_at__gte=at - timedelta(seconds=BRIEF_WINDOW_S))
+            .values("app", "user_id").annotate(first=Max("connected_at")))
+    brief = {(r["app"], r["user_id"]): r["first"] for r in rows
+             if (r["app"], r["user_id"]) not in live
+             and (r["app"], r["user_id"]) not in told_online}
+    if not brief:
+        return []
+    told_offline = {
+        (app, user): changed for app, user, changed in PresenceState.objects.filter(
+            app__in={app for app, _ in brief}, user_id__in={user for _, user in brief},
+            online=False).values_list("app", "user_id", "changed_at")}
+    found = []
+    for (app, user), first in brief.items():
+        changed = told_offline.get((app, user))
+        if changed is not None and first <= changed:
+            continue
+        transition = Transition(app, user, USER_ONLINE, first.timestamp(), 0)
+        if _claim_online(transition, at, opened=first):
+            found.append(transition)
+    return found
+
+
 def _emit(transition: Transition, now: float) -> None:
     events_emit([NewEvent(app=transition.app, type=transition.type, data={
         "user": transition.user_id, "at": int(transition.at * 1000),
@@ -107,18 +143,24 @@ def _emit(transition: Transition, now: float) -> None:
                                   transition.type).inc()
 
 
-def _claim_online(transition: Transition, at: datetime) -> bool:
+def _claim_online(transition: Transition, at: datetime, *,
+                  opened: datetime | None = None) -> bool:
     """Mark the user online and store the event, in one transaction; False if another node
-    claimed this transition first."""
+    claimed this transition first. ``opened``: a brief session's start, which must be
+    after the last offline (another node may have told both meanwhile); the user is then
+    marked absent at once."""
     app, user = transition.app, transition.user_id
+    absent = at if opened is not None else None
     with transaction.atomic():
-        claimed = PresenceState.objects.filter(app=app, user_id=user, online=False).update(
-            online=True, changed_at=at, absent_since=None)
+        row = PresenceState.objects.filter(app=app, user_id=user, online=False)
+        if opened is not None:
+            row = row.filter(changed_at__lt=opened)
+        claimed = row.update(online=True, changed_at=at, absent_since=absent)
         if not claimed:
             try:
                 with transaction.atomic():
                     PresenceState.objects.create(app=app, user_id=user, online=True,
-                                                 changed_at=at)
+                                                 changed_at=at, absent_since=absent)
             except IntegrityError:
                 return False  # another node claimed it: the row is there, online
         _emit(transition, at.timestamp())

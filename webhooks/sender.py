@@ -144,7 +144,15 @@ class WebhookSender:
         if lane is None:
             lane = self._lanes[item.endpoint_id] = asyncio.Semaphore(self.concurrency)
         async with lane:
-            outcome = await self.call(client, item)
+            try:
+                outcome = await self.call(client, item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Never lose a held delivery to a bug here: it counts as a failed attempt.
+                logger.exception("webhook call to %s failed unexpectedly", item.url)
+                outcome = Outcome(item, ok=False, status=0, at=self.clock(),
+                                  excerpt=f"{type(exc).__name__}: {exc}"[:EXCERPT_BYTES])
         self._outcomes.append(outcome)
 
     async def call(self, client: httpx.AsyncClient, item: Claimed) -> Outcome:
@@ -259,6 +267,8 @@ class WebhookSender:
 
 async def _excerpt(response: httpx.Response) -> str:
     """The start of the answer's body, read no further (a receiver may answer megabytes)."""
+    if response.is_stream_consumed:  # a response built whole (tests' MockTransport)
+        return response.content[:EXCERPT_BYTES].decode("utf-8", "replace")
     got = b""
     async for chunk in response.aiter_raw():
         got += chunk
