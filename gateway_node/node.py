@@ -109,8 +109,13 @@ class GatewayNode:
         self.rejections = RejectionCounter(node_id=self.node_id)
         self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
         # Webhooks have a database thread of their own: the outbox's claims and writes never
-        # queue ahead of a push's (PROTOCOL.md section 7: no endpoint delays any push).
-        self._webhook_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-webhooks")
+        # queue ahead of a push's (PROTOCOL.md section 7: no endpoint delays any push). Not
+        # on SQLite, which has one writer at a time: two threads writing would take turns by
+        # sleeping in SQLite's busy handler (milliseconds a turn), slower for both than
+        # taking turns on one thread.
+        self._webhook_executor = (
+            self._db_executor if connections["default"].vendor == "sqlite"
+            else ThreadPoolExecutor(1, thread_name_prefix="gateway-webhooks"))
         self.webhooks = WebhookSender(node_id=self.node_id, db=self.webhook_db)
         self.presence_events = PresenceWatcher(db=self.webhook_db,
                                                on_emitted=self.webhooks.wake)

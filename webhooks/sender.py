@@ -10,8 +10,8 @@ guarantees (PROTOCOL.md section 7):
   flight and ``room`` deliveries held. A slow or hanging endpoint fills its own lane and
   is skipped by the claims until a call ends (10 s at most); no other endpoint waits for
   it, and nothing here touches the push path (its own HTTP client and database thread).
-- **Bounded.** Tasks and memory are bounded by ``room`` per endpoint; a response is read
-  up to ``EXCERPT_BYTES``.
+- **Bounded.** Tasks and memory are bounded by the room per endpoint (``room_for``); an
+  answer is read up to 64 KiB, kept up to 500 bytes (``webhooks.transport``).
 
 The database work (claims, outcomes) runs on the sender's own thread, never on the node's
 push-writing thread, so a slow outbox query cannot delay a push.
@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import h11
 import httpx
 
 from gateway_core import metrics
@@ -34,37 +35,40 @@ from webhooks import outbox
 from webhooks.addresses import SendTimeCheck
 from webhooks.outbox import Claimed, Outcome
 from webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature
+from webhooks.transport import EXCERPT_BYTES, H11Poster, HttpxPoster, Poster
 
 logger = logging.getLogger("gateway.webhooks")
 T = TypeVar("T")
 
 #: Any 2xx within this is success (PROTOCOL.md section 7).
 CALL_TIMEOUT_S = 10.0
-EXCERPT_BYTES = 500
 
 DbRunner = Callable[..., Awaitable[Any]]
 
 
 class WebhookSender:
-    #: Calls in flight per endpoint, and deliveries held per endpoint (in flight or waiting).
-    #: ``room / concurrency * CALL_TIMEOUT_S`` (the longest a held delivery waits for its
-    #: call to end) stays well under ``lease_s``.
+    #: Calls in flight per endpoint.
     concurrency = 32
-    room = 64
+    #: Deliveries held per endpoint (in flight or waiting for a slot): enough to keep a fast
+    #: endpoint busy between claims, few enough that the last one held gets its call within
+    #: ``queue_budget_s`` at the endpoint's pace (``room_for``), far inside ``lease_s``.
+    min_room = 64
+    max_room = 512
+    queue_budget_s = 30.0
     lease_s = 90.0
     #: Deliveries claimed per round, across endpoints.
-    claim_limit = 500
+    claim_limit = 1000
     #: Between claims when nothing woke the loop (events made by other nodes).
     poll_s = 0.25
     #: Between writes of outcomes (one batch each).
-    flush_s = 0.05
+    flush_s = 0.1
     #: Between reads of the backlog for the metrics.
     backlog_every_s = 5.0
 
     def __init__(self, *, node_id: str, db: DbRunner, clock: Callable[[], float] = time.time,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         """``db(fn, *args)`` runs ``fn`` on the sender's database thread (the node gives it
-        one of its own); ``transport`` replaces the network in tests."""
+        one of its own); ``transport`` (httpx's) replaces the network in tests."""
         self.node_id = node_id
         self.db = db
         self.clock = clock
@@ -73,6 +77,8 @@ class WebhookSender:
         #: Deliveries held per endpoint: claimed, and their outcome not yet written.
         self.held: dict[str, int] = {}
         self._lanes: dict[str, asyncio.Semaphore] = {}
+        #: Per endpoint, a moving average of its calls' duration (s).
+        self._pace: dict[str, float] = {}
         self._outcomes: list[Outcome] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._claims: dict[str, int] = {}
@@ -98,11 +104,8 @@ class WebhookSender:
         of this node id are given back first (that process is gone)."""
         self._wake = asyncio.Event()
         await self.db(outbox.release, node_id=self.node_id)
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(CALL_TIMEOUT_S), follow_redirects=False,
-            transport=self.transport,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        ) as client:
+        client = self.poster()
+        try:
             flusher = asyncio.create_task(self._flush_loop(), name="gateway-webhook-flush")
             gauges = asyncio.create_task(self._backlog_loop(), name="gateway-webhook-backlog")
             try:
@@ -117,6 +120,12 @@ class WebhookSender:
                 gauges.cancel()
                 await asyncio.gather(flusher, gauges, return_exceptions=True)
                 await self._shutdown()
+        finally:
+            await client.aclose()
+
+    def poster(self) -> Poster:
+        """The HTTP client of the calls: httpx over the test's transport, else h11's."""
+        return HttpxPoster(self.transport) if self.transport is not None else H11Poster()
 
     async def _idle(self) -> None:
         assert self._wake is not None
@@ -124,22 +133,34 @@ class WebhookSender:
             await asyncio.wait_for(self._wake.wait(), self.poll_s)
         self._wake.clear()
 
+    def room_for(self, endpoint_id: str) -> int:
+        """How many deliveries of this endpoint may be held: a slow one (9 s a call) gets a
+        few times its concurrency, a fast one up to ``max_room``."""
+        pace = self._pace.get(endpoint_id)
+        if pace is None:
+            return self.min_room
+        fits = int(self.concurrency * self.queue_budget_s / max(pace, 0.05))
+        return max(self.min_room, min(self.max_room, fits))
+
     async def claim_once(self) -> list[Claimed]:
-        room = {endpoint: self.room - held for endpoint, held in self.held.items()}
+        room = {endpoint: self.room_for(endpoint) - held
+                for endpoint, held in self.held.items()}
+        room.update({endpoint: self.room_for(endpoint) for endpoint in self._pace
+                     if endpoint not in room})
         claimed: list[Claimed] = await self.db(
             outbox.claim, node_id=self.node_id, now=self.clock(), room=room,
-            default_room=self.room, limit=self.claim_limit, lease_s=self.lease_s)
+            default_room=self.min_room, limit=self.claim_limit, lease_s=self.lease_s)
         for item in claimed:
             self.held[item.endpoint_id] = self.held.get(item.endpoint_id, 0) + 1
             self._claims[item.token] = self._claims.get(item.token, 0) + 1
         return claimed
 
-    def _start(self, client: httpx.AsyncClient, item: Claimed) -> None:
+    def _start(self, client: Poster, item: Claimed) -> None:
         task = asyncio.create_task(self._deliver(client, item))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, client: httpx.AsyncClient, item: Claimed) -> None:
+    async def _deliver(self, client: Poster, item: Claimed) -> None:
         lane = self._lanes.get(item.endpoint_id)
         if lane is None:
             lane = self._lanes[item.endpoint_id] = asyncio.Semaphore(self.concurrency)
@@ -155,7 +176,7 @@ class WebhookSender:
                                   excerpt=f"{type(exc).__name__}: {exc}"[:EXCERPT_BYTES])
         self._outcomes.append(outcome)
 
-    async def call(self, client: httpx.AsyncClient, item: Claimed) -> Outcome:
+    async def call(self, client: Poster, item: Claimed) -> Outcome:
         """One attempt: the address check, the signed POST, its answer within 10 s."""
         refused = await self.check.refused(item.url)
         if refused is not None:
@@ -170,19 +191,19 @@ class WebhookSender:
             # The whole call, body included, within the timeout: httpx's own timeouts are
             # per read, and a receiver trickling a byte every 9 s would never end.
             async with asyncio.timeout(CALL_TIMEOUT_S):
-                async with client.stream("POST", item.url, content=item.body,
-                                         headers=headers) as response:
-                    excerpt = await _excerpt(response)
-                    status = response.status_code
+                status, excerpt = await client.post(item.url, item.body, headers)
         except TimeoutError:
             result, status, excerpt = "timeout", 0, f"no answer within {CALL_TIMEOUT_S:.0f} s"
         except httpx.TimeoutException:
             result, status, excerpt = "timeout", 0, f"no answer within {CALL_TIMEOUT_S:.0f} s"
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, h11.ProtocolError, OSError, EOFError) as exc:
             result, status, excerpt = "error", 0, f"{type(exc).__name__}: {exc}"[:EXCERPT_BYTES]
         else:
             result = "ok" if 200 <= status < 300 else "status"
-        self._latency.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self._latency.observe(took)
+        pace = self._pace.get(item.endpoint_id)
+        self._pace[item.endpoint_id] = took if pace is None else 0.8 * pace + 0.2 * took
         self._calls[result].inc()
         return Outcome(item, ok=result == "ok", status=status, excerpt=excerpt, at=self.clock())
 
@@ -263,15 +284,3 @@ class WebhookSender:
             metrics.WEBHOOK_FAILING.labels(self.node_id, client).set(
                 found.failing_s.get(client, 0.0))
         self._failing_clients |= set(found.failing_s)
-
-
-async def _excerpt(response: httpx.Response) -> str:
-    """The start of the answer's body, read no further (a receiver may answer megabytes)."""
-    if response.is_stream_consumed:  # a response built whole (tests' MockTransport)
-        return response.content[:EXCERPT_BYTES].decode("utf-8", "replace")
-    got = b""
-    async for chunk in response.aiter_raw():
-        got += chunk
-        if len(got) >= EXCERPT_BYTES:
-            break
-    return got[:EXCERPT_BYTES].decode("utf-8", "replace")

@@ -20,6 +20,9 @@ from typing import Any
 from tests.support.gateway import free_port
 from webhooks.signing import verify
 
+#: ``GET`` here answers the number of calls so far (the bench reads it from another process).
+COUNT_PATH = "/_count"
+
 
 @dataclass(frozen=True)
 class Call:
@@ -127,6 +130,12 @@ class Receiver:
                         key, _, value = line.partition(":")
                         headers[key.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if path == COUNT_PATH:  # the bench's probe, not a call
+                    text = str(self.count).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(text), text))
+                    await writer.drain()
+                    continue
                 self.count += 1
                 if self.record:
                     self.calls.append(Call(time.time(), path, headers, body))
@@ -146,3 +155,16 @@ class Receiver:
             pass
         finally:
             writer.close()
+
+
+if __name__ == "__main__":
+    # ``python -m tests.support.receiver PORT``: a fast receiver in a process of its own
+    # (the bench), answering 200 to every call and recording nothing.
+    import sys
+
+    server = Receiver(port=int(sys.argv[1]), record=False).start()
+    print("ready", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()

@@ -134,12 +134,13 @@ def sender_with(handler: Callable[[httpx.Request], Any], clock: Clock) -> Webhoo
 
 async def send_round(sender: WebhookSender) -> None:
     """One claim, its calls, their outcomes written (what ``run`` does in a loop)."""
-    async with httpx.AsyncClient(transport=sender.transport) as client:
-        claimed = await sender.claim_once()
-        for item in claimed:
-            sender._start(client, item)
-        await asyncio.gather(*list(sender._tasks))
-        await sender.flush()
+    client = sender.poster()
+    claimed = await sender.claim_once()
+    for item in claimed:
+        sender._start(client, item)
+    await asyncio.gather(*list(sender._tasks))
+    await sender.flush()
+    await client.aclose()
 
 
 @override_settings(GATEWAY_WEBHOOK_ALLOW_PRIVATE=True)
@@ -216,8 +217,9 @@ async def test_a_hanging_endpoint_delays_no_other():
         return httpx.Response(200)
 
     sender = sender_with(handler, Clock())
-    sender.concurrency, sender.room = 4, 8
-    async with httpx.AsyncClient(transport=sender.transport) as client:
+    sender.concurrency, sender.min_room, sender.max_room = 4, 8, 8
+    client = sender.poster()
+    try:
         for _ in range(40):
             for item in await sender.claim_once():
                 sender._start(client, item)
@@ -233,3 +235,5 @@ async def test_a_hanging_endpoint_delays_no_other():
         for task in list(sender._tasks):
             task.cancel()
         await asyncio.gather(*sender._tasks, return_exceptions=True)
+    finally:
+        await client.aclose()
