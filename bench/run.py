@@ -7,6 +7,7 @@
     python -m bench.run baseline --clients 1000 --rate 50 --duration 10
     python -m bench.run all            # baseline and broadcast in one run, with ratios
     python -m bench.run all --server uvicorn   # the gateway under rungateway --server uvicorn
+    python -m bench.run apps           # two apps against one (bench/apps.py)
     python -m bench.run broadcast --workers 2 --env GATEWAY_BROKER=redis \
         --env REDIS_URL=redis://127.0.0.1:6390/0 --env GATEWAY_ROCKETMQ_TOPIC=bench
 
@@ -41,8 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def token(user: str, secret: str = JWT_SECRET) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+def token(user: str, secret: str = JWT_SECRET, *, app: str | None = None) -> str:
+    """A client token for ``user``; ``app`` names an app other than ``default`` (header
+    ``kid``, signed with that app's ``secret``: PROTOCOL.md section 9)."""
+    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, secret, algorithm="HS256",
+                      headers=None if app is None else {"kid": app})
 
 
 #: Passed to every gateway the bench starts (``--workers``, ``--env``, ``--server``).
@@ -140,14 +144,15 @@ class Pusher:
     """Sends pushes at a steady rate: REST to the gateway, or control frames to the baseline."""
 
     def __init__(self, *, gw: GatewayProcess | None = None, control: Any = None,
-                 batch: int = 1, in_flight: int = 32) -> None:
+                 batch: int = 1, in_flight: int = 32, api_key: str | None = None) -> None:
         self.gw = gw
         self.control = control
         self.batch = batch
         # Raw keep-alive HTTP/1.1, not httpx: httpx cost ~1 ms of client CPU per request
         # and capped the offered rate at a few hundred requests a second.
         self.http = HttpPool(
-            gw.host, gw.port, size=in_flight, headers={"Authorization": f"Token {gw.api_key()}"},
+            gw.host, gw.port, size=in_flight,
+            headers={"Authorization": f"Token {api_key or gw.api_key()}"},
         ) if gw else None
         self.gate = asyncio.Semaphore(in_flight)
         self.sent = 0
@@ -288,12 +293,23 @@ async def idle(*, clients: int, duration_s: float, ping_every_s: float, env: dic
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("scenario", choices=["broadcast", "targeted", "idle", "rocketmq",
-                                             "baseline", "all"])
+                                             "baseline", "all", "apps"])
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--rate", type=float, default=None, help="pushes per second offered")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--ping-every", type=float, default=25.0)
+    parser.add_argument("--targeted-clients", type=int, default=2000,
+                        help="apps: clients of the targeted part (--clients: the broadcast part)")
+    parser.add_argument("--targeted-rate", type=float, default=1000,
+                        help="apps: single pushes/s of the targeted part")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="apps: measurements of each side, alternating which goes first")
+    parser.add_argument("--kinds", default="broadcast,targeted",
+                        help="apps: which parts, of broadcast, targeted, multicast")
+    parser.add_argument("--control", action="store_true",
+                        help="apps: also broadcast twice the pushes to half the clients in one "
+                             "app, to tell the apps' cost from the pushes' (bench/apps.py)")
     parser.add_argument("--rocketmq-endpoint", default="127.0.0.1:8081")
     parser.add_argument("--server", choices=["daphne", "uvicorn", "baseline"],
                         default="daphne",
@@ -350,6 +366,18 @@ def main(argv: list[str] | None = None) -> None:
             clients=args.clients or 19000, duration_s=args.duration, ping_every_s=args.ping_every,
             env={"GATEWAY_MAX_CONNECTIONS_PER_USER": "5"}, workdir=workdir,
             server="baseline" if args.server == "baseline" else "gateway")))
+    elif s == "apps":
+        # Imported here: bench.apps builds on this module (Pusher, token, ProcessMeter).
+        from bench import apps
+
+        with gateway({}, workdir) as gw:
+            ratios = asyncio.run(apps.run(
+                gw=gw, server=args.server, clients=args.clients or 1000, rate=args.rate or 50,
+                targeted_clients=args.targeted_clients, targeted_rate=args.targeted_rate,
+                duration_s=args.duration, rounds=args.rounds, control=args.control,
+                kinds=args.kinds.split(","), emit=emit))
+        for line in ratios:
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -37,11 +37,17 @@ from console.ids import id_html
 from console.pushlogs import CreatedFilter, csv_rows
 from console.when import when
 from gateway_core import bridge
-from gateway_core.tenancy import SCOPES
+from gateway_core.tenancy import DEFAULT_APP, SCOPES
 from gateway_core.tokens import valid_user_id
 from push_app.errors import PushUnavailable
-from push_app.models import ApiClient, AuditAction, PushLog, PushStatus
-from push_app.selectors import Rejections, rejections_since, users_contain_q
+from push_app.models import ApiClient, App, AuditAction, PushLog, PushStatus
+from push_app.selectors import (
+    Rejections,
+    push_recipients,
+    recipient_counts,
+    rejections_since,
+    users_contain_q,
+)
 from push_app.services import (
     TEST_PUSH_TOPIC,
     api_client_create,
@@ -59,6 +65,10 @@ PAYLOAD_PREVIEW_CHARS = 20_000
 #: How many of a push's target users its page lists.
 USERS_SHOWN = 50
 
+#: How many recipients a push's page lists.
+RECIPIENTS_SHOWN = 50
+_RECIPIENT_TONE = {"acked": "ok", "delivered": "info", "pending": "warn", "offline": "muted",
+                   "expired": "bad", "dropped": "bad"}
 _STATUS_TONE = {PushStatus.ACCEPTED: "warn", PushStatus.PUBLISHED: "info",
                 PushStatus.DELIVERED: "ok", PushStatus.FAILED: "bad"}
 
@@ -71,6 +81,9 @@ def _human_bytes(n: int) -> str:
 
 class TestPushForm(forms.Form):
     user = forms.CharField(max_length=128, help_text="The user id (the token's sub).")
+    app = forms.ModelChoiceField(queryset=App.objects.all(), initial=DEFAULT_APP,
+                                 to_field_name="id", empty_label=None, required=False,
+                                 help_text="The user's app: u1 of another app is another user.")
     topic = forms.CharField(max_length=200, required=False, initial=TEST_PUSH_TOPIC)
     payload = forms.CharField(
         label="Data",
@@ -106,13 +119,14 @@ class PushLogAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("id", "status_badge", "client_name", "accepted_node", "created_at",
                            "published_at", "ttl_s", "expires_at", "error")}),
-        ("Delivery", {"fields": ("delivered", "acked", "per_node")}),
+        ("Delivery", {"fields": ("delivered", "acked", "per_node", "recipients")}),
         ("Targets", {"fields": ("broadcast", "target_count", "user_list")}),
         ("Payload", {"fields": ("topic", "idempotency_key", "size", "payload")}),
     )
     readonly_fields = ("id", "status_badge", "client_name", "accepted_node", "created_at",
                        "published_at", "ttl_s", "expires_at", "error", "delivered", "acked",
-                       "per_node", "broadcast", "target_count", "user_list", "topic",
+                       "per_node", "recipients", "broadcast", "target_count", "user_list",
+                       "topic",
                        "idempotency_key", "size", "payload")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -202,6 +216,34 @@ class PushLogAdmin(admin.ModelAdmin):
         return format_html('<span title="{}">{}</span>', obj.error,
                            Truncator(obj.error).chars(40)) if obj.error else "-"
 
+    @admin.display(description="per recipient")
+    def recipients(self, obj: PushLog) -> str:
+        """Did each user get it, and ack it? (PROTOCOL.md section 6; the first
+        ``RECIPIENTS_SHOWN`` users, with every state's count.)"""
+        if obj.broadcast:
+            return "A broadcast is not tracked per recipient."
+        counts = recipient_counts(obj)
+        if not counts:
+            return "-"
+        page = push_recipients(log=obj, state=None, cursor=None, page=RECIPIENTS_SHOWN)
+        summary = format_html_join(
+            " ", '<span class="console-badge console-{}">{} {}</span>',
+            ((_RECIPIENT_TONE.get(state, "muted"), n, state)
+             for state, n in sorted(counts.items())))
+        body = format_html_join("", (
+            '<tr><td><a href="{}">{}</a></td><td><span class="console-badge console-{}">{}</span>'
+            "</td><td>{}</td><td>{}</td><td>{}</td></tr>"), (
+            (user_url(r["user"]), r["user"], _RECIPIENT_TONE.get(r["state"], "muted"),
+             r["state"], r["attempts"], r["delivered_at"] or "-", r["acked_at"] or "-")
+            for r in page["results"]))
+        more = (format_html("<p>First {} users; <span class=\"console-mono\">GET /api/v1/push/"
+                            "{}/recipients</span> pages through all.</p>", RECIPIENTS_SHOWN,
+                            obj.id) if page["next"] else "")
+        return format_html(
+            '<p>{}</p><table class="console-table"><thead><tr><th>user</th><th>state</th>'
+            "<th>attempts</th><th>delivered</th><th>acked</th></tr></thead><tbody>{}</tbody>"
+            "</table>{}", summary, body, more)
+
     @admin.display(description="per node")
     def per_node(self, obj: PushLog) -> str:
         rows = list(obj.deliveries.order_by("node_id"))
@@ -263,6 +305,8 @@ class PushLogAdmin(admin.ModelAdmin):
                         user_id=form.cleaned_data["user"], data=form.cleaned_data["payload"],
                         topic=form.cleaned_data["topic"] or None,
                         submit=bridge.submit, backlog=bridge.backlog(),
+                        app=form.cleaned_data["app"].pk if form.cleaned_data["app"]
+                        else DEFAULT_APP,
                     )
                 except (RequestInvalid, PushUnavailable) as exc:
                     form.add_error(None, exc.detail)
@@ -276,7 +320,8 @@ class PushLogAdmin(admin.ModelAdmin):
                         reverse("admin:push_app_pushlog_change", args=[log.id])
                     )
         else:
-            form = TestPushForm(initial={"user": request.GET.get("user", "")})
+            form = TestPushForm(initial={"user": request.GET.get("user", ""),
+                                         "app": request.GET.get("app") or DEFAULT_APP})
         context = {
             **self.admin_site.each_context(request),
             "title": "Send a test push", "opts": self.opts, "form": form,

@@ -27,6 +27,7 @@ from django.utils.text import Truncator
 from console.admin_site import ReadOnlyAdmin, StrictActionsMixin, audit_operator, user_url
 from console.when import when
 from gateway_core import bridge
+from gateway_core.tenancy import DEFAULT_APP, valid_app_id
 from gateway_core.tokens import valid_user_id
 from push_app.models import AuditAction
 from sessions_app.models import Node, SessionRecord
@@ -159,6 +160,15 @@ class DisconnectForm(forms.Form):
 
 class UserDisconnectForm(DisconnectForm):
     user = forms.CharField(max_length=128)
+    # The user's app (PROTOCOL.md section 9): ``u1`` of another app is another user.
+    app = forms.CharField(max_length=64, required=False, initial=DEFAULT_APP,
+                          widget=forms.HiddenInput)
+
+    def clean_app(self) -> str:
+        app = self.cleaned_data.get("app") or DEFAULT_APP
+        if not valid_app_id(app):
+            raise forms.ValidationError("Not an app id.")
+        return str(app)
 
     def clean_user(self) -> str:
         user = self.cleaned_data["user"].strip()
@@ -326,21 +336,24 @@ class SessionRecordAdmin(StrictActionsMixin, ReadOnlyAdmin):
             form = UserDisconnectForm(request.POST)
             if form.is_valid():
                 user_id = form.cleaned_data["user"]
+                app = form.cleaned_data["app"]
                 reason = form.cleaned_data["reason"]
-                order = console_user_disconnect(user_id=user_id, reason=reason,
+                order = console_user_disconnect(user_id=user_id, reason=reason, app=app,
                                                 actor_id=_actor_id(request),
                                                 submit=bridge.submit)
                 audit_operator(request, action=AuditAction.USER_DISCONNECT, user_id=user_id,
                                order_id=order.id, reason=reason)
                 self.message_user(request, f"Disconnect ordered for every connection of "
                                   f"{user_id}; their nodes close them with 4010.")
-                return HttpResponseRedirect(user_url(user_id))
+                return HttpResponseRedirect(user_url(user_id, app))
         else:
-            form = UserDisconnectForm(initial={"user": request.GET.get("user", "")})
+            form = UserDisconnectForm(initial={"user": request.GET.get("user", ""),
+                                               "app": request.GET.get("app") or DEFAULT_APP})
         user_id = str(form["user"].value() or "")
+        app = str(form["app"].value() or DEFAULT_APP)
         since = alive_since()
         open_records = (
-            SessionRecord.objects.filter(user_id=user_id, closed_at__isnull=True)
+            SessionRecord.objects.filter(app=app, user_id=user_id, closed_at__isnull=True)
             .select_related("node") if user_id else SessionRecord.objects.none()
         )
         rows = [(r, session_state(r, since=since)) for r in open_records]

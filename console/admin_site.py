@@ -32,6 +32,7 @@ from django.urls import URLPattern, URLResolver, path, reverse
 from django.utils import timezone
 
 from gateway_core.conf import gateway_settings
+from gateway_core.tenancy import DEFAULT_APP
 from gateway_core.tokens import valid_user_id
 from push_app.models import AuditAction, AuditActor, AuditEvent, PushLog, PushStatus
 from push_app.selectors import (
@@ -43,10 +44,12 @@ from push_app.selectors import (
     audit_of_user,
     last_disconnect,
     node_rates,
+    push_apps,
     push_series,
     pushes_matching,
     pushes_to_user,
     recent_failures,
+    recipient_states,
     rejections_since,
     user_has_audit,
     user_named_in_pushes,
@@ -65,6 +68,7 @@ from sessions_app.selectors import (
     node_sessions,
     node_state,
     nodes_health,
+    session_apps,
     session_exists,
     session_state,
     user_sessions,
@@ -76,9 +80,11 @@ REFRESH_MS = 5000
 RATE_WINDOW_S = 300
 
 
-def user_url(user_id: str) -> str:
-    """The console's page of one user (its sessions and pushes)."""
-    return reverse("admin:console_user") + "?" + urlencode({"q": user_id})
+def user_url(user_id: str, app: str | None = None) -> str:
+    """The console's page of one user (its sessions and pushes); of one app's user of that
+    id with ``app`` (PROTOCOL.md section 9: ``u1`` of two apps is two users)."""
+    query = {"q": user_id, **({"app": app} if app else {})}
+    return reverse("admin:console_user") + "?" + urlencode(query)
 
 
 def audit_operator(request: HttpRequest, *, action: AuditAction, user_id: str = "",
@@ -349,11 +355,22 @@ class PushOutcome:
     tone: str  # ok | warn | bad | muted
 
 
-def push_outcome(log: PushLog, *, user_id: str, sessions: list[SessionRecord]) -> PushOutcome:
-    """What a push meant for one user, from its counts and the user's sessions then.
+#: A recipient's state (PROTOCOL.md section 6) as the user page says it.
+_RECIPIENT_OUTCOME = {
+    "acked": ("received: the client acked it", "ok"),
+    "delivered": ("written to the socket; no ack (yet)", "ok"),
+    "pending": ("kept: waits for the user's next connection", "warn"),
+    "offline": ("user was offline when it was sent (not kept)", "muted"),
+    "expired": ("expired before the user acked it", "bad"),
+    "dropped": ("dropped: too many kept pushes waited for the user", "bad"),
+}
 
-    Counts are per push, not per user: for a push to this user alone they are this user's;
-    for a broadcast or a push to many users they only say whether anyone got it.
+
+def push_outcome(log: PushLog, *, user_id: str, sessions: list[SessionRecord],
+                 state: str | None = None) -> PushOutcome:
+    """What a push meant for one user: its per-recipient ``state`` when the push was
+    targeted (PROTOCOL.md section 6), else from its counts and the user's sessions then
+    (a broadcast's counts only say whether anyone got it).
     """
     at = log.created_at
     online = sorted({
@@ -363,8 +380,11 @@ def push_outcome(log: PushLog, *, user_id: str, sessions: list[SessionRecord]) -
     single = not log.broadcast and log.target_count == 1
     if log.status == PushStatus.FAILED:
         return PushOutcome(log, online, f"failed: {log.error or 'unknown error'}", "bad")
-    if log.status == PushStatus.ACCEPTED:
+    if log.status == PushStatus.ACCEPTED and state in (None, "pending", "offline"):
         return PushOutcome(log, online, "stored, not on the broker yet", "warn")
+    if state in _RECIPIENT_OUTCOME:
+        text, tone = _RECIPIENT_OUTCOME[state]
+        return PushOutcome(log, online, text, tone)
     if single and log.acked:
         return PushOutcome(log, online, "received: the client acked it", "ok")
     if single and log.delivered:
@@ -520,7 +540,14 @@ class ConsoleAdminSite(admin.AdminSite):
         context["matches"] = matches
         context["matches_more"] = len(matches) >= PUSH_MATCHES_SHOWN
         if is_user:
-            context.update(self._user_context(request, query))
+            apps = sorted(session_apps(user_id=query) | push_apps(user_id=query))
+            app = request.GET.get("app") or (apps[0] if len(apps) == 1 else None)
+            if app is None and len(apps) > 1:
+                # The same id in several apps: several users. Say so, and link each.
+                context.update({"user_id": query, "title": f"User {query}",
+                                "user_apps": [(a, user_url(query, a)) for a in apps]})
+            else:
+                context.update(self._user_context(request, query, app or DEFAULT_APP))
         elif not matches:
             context["error"] = (
                 f"Not found: no user, push, session or idempotency key is “{query}”. "
@@ -529,16 +556,16 @@ class ConsoleAdminSite(admin.AdminSite):
             )
         return TemplateResponse(request, "admin/console/user.html", context)
 
-    def _user_context(self, request: HttpRequest, user_id: str) -> dict[str, Any]:
+    def _user_context(self, request: HttpRequest, user_id: str, app: str) -> dict[str, Any]:
         since = alive_since()
-        sessions = user_sessions(user_id=user_id)
+        sessions = user_sessions(user_id=user_id, app=app)
         rows = [(s, session_state(s, since=since), close_label(s.close_code)) for s in sessions]
         live = [s for s, state, _ in rows if state == "live"]
-        pushes = [
-            push_outcome(log, user_id=user_id, sessions=sessions)
-            for log in pushes_to_user(user_id=user_id)
-            if log.broadcast or user_id in log.users
-        ]
+        logs = [log for log in pushes_to_user(user_id=user_id, app=app)
+                if log.broadcast or user_id in log.users]
+        states = recipient_states(user_id=user_id, push_ids=[log.id for log in logs])
+        pushes = [push_outcome(log, user_id=user_id, sessions=sessions, state=states.get(log.id))
+                  for log in logs]
         user = request.user
         pending = pending_disconnect(user_id=user_id, live=live)
         can_audit = has_view(user, "push_app.view_auditevent")
@@ -548,8 +575,9 @@ class ConsoleAdminSite(admin.AdminSite):
             "can_audit": can_audit,
             "actions": audit_of_user(user_id=user_id) if can_audit else [],
             "actions_shown": USER_ACTIONS_SHOWN,
-            "title": f"User {user_id}",
+            "title": f"User {user_id}" + ("" if app == DEFAULT_APP else f" of {app}"),
             "user_id": user_id,
+            "user_app": app,
             "sessions": rows,
             "live_sessions": live,
             "live_nodes": sorted({s.node_id for s in live}),

@@ -71,6 +71,18 @@ class GatewaySettings(SettingsGroup):
         django="GATEWAY_MAX_USERS_PER_PUSH", default=1000, docs=CONTRACT,
         doc="users one push may name (400 past it)",
     )
+    max_ttl_s = Setting(
+        Integer(minimum=1), env="GATEWAY_MAX_TTL", django="GATEWAY_MAX_TTL_S",
+        default=7 * 24 * 3600, unit="s", docs=CONTRACT,
+        doc="the longest `ttl` a push may have: how long a kept push waits for its users "
+        "(PROTOCOL.md section 6)",
+    )
+    max_pending_per_user = Setting(
+        Integer(minimum=1), env="GATEWAY_MAX_PENDING_PER_USER",
+        django="GATEWAY_MAX_PENDING_PER_USER", default=1000, docs=CONTRACT,
+        doc="kept pushes waiting for one user (not yet acked); past it the oldest is "
+        "dropped for that user",
+    )
     max_batch = Setting(
         Integer(minimum=1), env="GATEWAY_MAX_BATCH", django="GATEWAY_MAX_BATCH", default=500,
         docs=CONTRACT, doc="pushes per batch request",

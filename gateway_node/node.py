@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from gateway_core.ratelimit import RateLimits
 from gateway_core.tenancy import DEFAULT_APP, AppDirectory, AppInfo, AppLimits
 from gateway_node.supervisor import LoopFactory, Supervised
 from push_app.ledger import DeliveryLedger
+from push_app.recipients import RecipientLedger, Recovery, inbox, settle
 from push_app.rejections import RejectionCounter
 from push_app.relay import Relay
 from push_app.tenancy import app_infos
@@ -41,7 +43,7 @@ from push_app.writer import PushWriter
 from sessions_app.delivery import ChannelLayerListener, Deliverer
 from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder, dead_node_ids
-from sessions_app.registry import SessionManager
+from sessions_app.registry import ChannelSession, SessionManager
 from sessions_app.selectors import app_loads, user_presence
 from webhooks.presence import PresenceWatcher
 from webhooks.sender import WebhookSender
@@ -52,6 +54,8 @@ C = TypeVar("C")
 Role = Literal["all", "web"]
 
 
+#: A push id as ``push_app.services.new_push_id`` makes them (``since`` must be one).
+_PUSH_ID = re.compile(r"[0-9a-f]{32}")
 #: How long the node's loops get to end once cancelled before their broker is closed
 #: under them.
 STOP_WAIT_S = 2.0
@@ -92,10 +96,12 @@ class GatewayNode:
         self.hub = Hub(node_id=self.node_id, registry=self.registry, recorder=self.recorder)
         self.broker = broker or create_broker(node_id=self.node_id)
         self.ledger = DeliveryLedger(node_id=self.node_id)
+        #: Per-recipient deliveries and acks (PROTOCOL.md section 6).
+        self.recipients = RecipientLedger()
         self.deliverer = Deliverer(
             node_id=self.node_id, registry=self.registry, on_delivered=self.ledger.delivered,
             close_session=self.hub.close, drop_session=self.hub.drop,
-            started_ms=int(self.started_at * 1000),
+            started_ms=int(self.started_at * 1000), on_recipients=self.recipients.delivered,
         )
         self.relay = Relay(
             broker=self.broker, db=self.db, node_id=self.node_id,
@@ -144,9 +150,36 @@ class GatewayNode:
         replace the relay's method)."""
         self.relay.submit_threadsafe(message)
 
-    def acked(self, push_id: str) -> None:
-        """A client acknowledged a push delivered here: counted in the ledger."""
+    def acked(self, push_id: str, session: ChannelSession) -> None:
+        """A session acknowledged a push delivered here: counted in the ledger, and for
+        its user (one ack settles the push for the user on every node)."""
         self.ledger.acked(push_id)
+        self.recipients.acked(push_id, session.user_id)
+
+    async def recover(self, session: ChannelSession, since: str | None) -> Recovery:
+        """A connecting session's replay (PROTOCOL.md section 6), read on the database
+        thread. If the database fails, the session starts with none (``complete`` false
+        with ``since``) rather than not at all: its kept pushes wait for the next
+        connection."""
+        valid = since if since is not None and _PUSH_ID.fullmatch(since) else None
+        try:
+            recovery = await self.db(functools.partial(
+                inbox, app=session.app_id, user_id=session.user_id, since=valid,
+                limit=gateway_settings.max_pending_per_user))
+        except Exception:
+            logger.warning("reading the inbox of %s failed; no replay", session.user_id,
+                           exc_info=True, extra={"session_id": session.session_id})
+            return Recovery(pushes=[], complete=None if since is None else False)
+        pushes = [p for p in recovery.pushes
+                  if not (p.targeted and self.recipients.recently_acked(p.id, session.user_id))]
+        complete = recovery.complete if valid == since else False
+        return Recovery(pushes=pushes, complete=complete)
+
+    def replayed(self, session: ChannelSession, push_ids: list[str]) -> None:
+        """Targeted pushes a replay wrote to ``session``: deliveries like live ones."""
+        for push_id in push_ids:
+            self.ledger.delivered(push_id, 1)
+            self.recipients.delivered(push_id, {session.user_id: 1})
 
     def user_presence(self, user_id: str, app: str = DEFAULT_APP) -> dict[str, Any]:
         return user_presence(user_id=user_id, node_id=self.node_id, registry=self.registry,
@@ -248,6 +281,8 @@ class GatewayNode:
                     last_record = now
                     await self.record(now=now)
                     await self.reload_apps()
+                    await self.db(functools.partial(
+                        settle, max_pending=gateway_settings.max_pending_per_user))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -255,6 +290,7 @@ class GatewayNode:
 
     async def write_ledger(self) -> None:
         await self._write_taken(self.ledger)
+        await self._write_taken(self.recipients)
 
     async def write_rejections(self) -> None:
         await self._write_taken(self.rejections)
@@ -282,6 +318,10 @@ class GatewayNode:
         if not self.running:
             return
         self.running = False
+        # A connection or request arriving while the node drains must not start it again
+        # (``ensure_started``): under a reconnect storm it did, again and again, and the
+        # process never exited. ``start()`` itself still may.
+        self.autostart = False
         drained = await self.hub.drain()
         # Pushes already queued for the push log are committed (and reach the relay's
         # queue) before the relay stops: answered 202, they are kept.

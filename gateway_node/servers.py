@@ -98,6 +98,11 @@ def run_daphne(*, host: str, port: int, node: GatewayNode,
         checker_runs = 0
         timeout_runs = 0
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            #: The listening ports, closed when the drain starts.
+            self.ports: list[Any] = []
+
         # Daphne reschedules each walk one (two) seconds ahead; only every n-th run walks.
         def application_checker(self) -> None:
             self.checker_runs += 1
@@ -120,6 +125,7 @@ def run_daphne(*, host: str, port: int, node: GatewayNode,
 
         def listen_success(self, port: Any) -> None:
             super().listen_success(port)
+            self.ports.append(port)
             if on_ready is not None:
                 on_ready()
 
@@ -145,6 +151,11 @@ def run_daphne(*, host: str, port: int, node: GatewayNode,
     )
 
     async def shutdown() -> None:
+        # No new connections while draining, as under uvicorn: a reconnect storm's attempts
+        # were otherwise each accepted, handshaken and closed with 4012, half the event loop
+        # of a draining node (docs/performance.md, "Kept pushes").
+        for port in server.ports:
+            port.stopListening()
         logger.info("draining node %s", node.node_id)
         try:
             await node.stop()

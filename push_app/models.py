@@ -116,11 +116,70 @@ class PushLog(models.Model):
                 name="push_idempotency_key_per_client",
             )
         ]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            # A resume's kept broadcasts after ``since`` (push_app.recipients.inbox): without
+            # it the read walks every push of the app (the ``app`` index) and sorts them.
+            models.Index(fields=["app", "id"], name="pushlog_kept_broadcasts",
+                         condition=models.Q(broadcast=True, expires_at__isnull=False)),
+        ]
         permissions = [("send_test_push", "Can send a test push from the console")]
 
     def __str__(self) -> str:
         return self.id
+
+
+class RecipientState(models.TextChoices):
+    """What became of a targeted push for one of its users (PROTOCOL.md section 6)."""
+
+    OFFLINE = "offline"  # ttl 0, and no session of the user held it
+    PENDING = "pending"  # kept, not yet written to a socket of the user
+    DELIVERED = "delivered"  # written to at least one socket of the user, not acked
+    ACKED = "acked"  # a session of the user acked it
+    EXPIRED = "expired"  # the ttl ran out before an ack
+    DROPPED = "dropped"  # pushed out by GATEWAY_MAX_PENDING_PER_USER
+
+
+#: States in which a kept push still waits for its user (the user's inbox).
+WAITING = (RecipientState.PENDING, RecipientState.DELIVERED)
+
+
+class PushRecipient(models.Model):
+    """One target user of a targeted push: its state, times and attempts.
+
+    Written with the push (before the API answers 202), so a kept push (``ttl`` > 0) is in
+    its users' inboxes from then on; updated in batches by the nodes that deliver it and
+    receive its acks (``push_app.recipients``). ``app`` and ``expires_at`` repeat the push's,
+    so that a user's inbox is one index range.
+    """
+
+    push = models.ForeignKey(PushLog, on_delete=models.CASCADE, related_name="recipients",
+                             db_index=False)
+    app = models.CharField(max_length=64)
+    user_id = models.CharField(max_length=128, verbose_name="user")
+    state = models.CharField(max_length=16, choices=RecipientState.choices)
+    kept = models.BooleanField(default=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    acked_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "push recipient"
+        constraints = [
+            models.UniqueConstraint(fields=["push", "user_id"], name="push_recipient_per_user"),
+        ]
+        indexes = [
+            # A user's inbox: kept pushes still waiting, in accept order (push ids sort so).
+            models.Index(fields=["app", "user_id", "push"], name="recipient_inbox",
+                         condition=models.Q(kept=True, state__in=["pending", "delivered"])),
+            # The expiry sweep.
+            models.Index(fields=["expires_at"], name="recipient_waiting_expiry",
+                         condition=models.Q(state__in=["pending", "delivered"])),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} of {self.push_id}"
 
 
 class PushDelivery(models.Model):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from push_app.models import ApiClient, PushLog, PushStatus
+from push_app.models import ApiClient, PushLog, PushRecipient, PushStatus, RecipientState
 from push_app.validation import PushRequest
 
 #: The push log's columns, by attribute name, in the order ``log_row`` gives them.
@@ -36,6 +36,30 @@ def log_row(req: PushRequest, *, push_id: str, client_id: int | None, now: datet
         now + timedelta(seconds=req.ttl_s) if req.ttl_s else None, node_id, now,
         None, 0, 0, "", app,
     ]
+
+
+#: The recipients' columns, by attribute name, in the order ``recipient_rows`` gives them.
+RECIPIENT_COLUMNS = ("push_id", "app", "user_id", "state", "kept", "expires_at",
+                     "delivered_at", "acked_at", "attempts")
+
+
+def recipient_rows(push_id: str, users: tuple[str, ...] | None, *, app: str,
+                   expires_at: Any) -> list[list[Any]]:
+    """A targeted push's recipients as they start (PROTOCOL.md section 6): ``pending`` in
+    their inboxes when the push is kept (``expires_at`` set: ttl > 0), ``offline`` until a
+    node writes it to a socket when it is live only. A broadcast has none."""
+    if not users:
+        return []
+    kept = expires_at is not None
+    state = (RecipientState.PENDING if kept else RecipientState.OFFLINE).value
+    return [[push_id, app, user, state, kept, expires_at, None, None, 0] for user in users]
+
+
+def build_recipients(log: PushLog) -> list[PushRecipient]:
+    """Unsaved recipients of a saved ``PushLog`` (the per-request path)."""
+    return [PushRecipient(**dict(zip(RECIPIENT_COLUMNS, row, strict=True)))
+            for row in recipient_rows(log.id, None if log.broadcast else tuple(log.users),
+                                      app=log.app, expires_at=log.expires_at)]
 
 
 def build_log(client: ApiClient | None, req: PushRequest, *, push_id: str, now: datetime,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,20 +14,96 @@ from django.db.models.functions import Cast, StrIndex, TruncMinute
 from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
+from gateway_core.tokens import valid_user_id
 from push_app.models import (
     DISCONNECT_ACTIONS,
+    WAITING,
     ApiClient,
     ApiRejections,
     AuditEvent,
     PushDelivery,
     PushLog,
+    PushRecipient,
     PushStatus,
+    RecipientState,
 )
+from push_app.recipients import shown_state
 
 
 def push_get(*, client: ApiClient, push_id: str) -> PushLog | None:
     """A push of this client's; other clients' pushes do not exist for it."""
     return PushLog.objects.filter(id=push_id, client=client, app=client.app_id).first()
+
+
+#: Recipients per page of ``GET /api/v1/push/<id>/recipients``.
+RECIPIENTS_PAGE = 100
+
+
+class BadCursor(ValueError):
+    """A ``cursor`` this API did not give."""
+
+
+def _cursor(user_id: str) -> str:
+    return base64.urlsafe_b64encode(user_id.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> str:
+    try:
+        user_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadCursor("not a cursor of this endpoint") from exc
+    if not valid_user_id(user_id):
+        raise BadCursor("not a cursor of this endpoint")
+    return user_id
+
+
+def push_recipients(*, log: PushLog, state: str | None, cursor: str | None,
+                    page: int = RECIPIENTS_PAGE, now: datetime | None = None
+                    ) -> dict[str, Any]:
+    """A targeted push's recipients by user id, ``page`` at a time, optionally of one state
+    (as readers see it: ``recipients.shown_state``). ``BadCursor`` for a forged cursor."""
+    now = now or timezone.now()
+    rows = PushRecipient.objects.filter(push=log).order_by("user_id")
+    if cursor:
+        rows = rows.filter(user_id__gt=_after(cursor))
+    waiting_past = Q(state__in=WAITING, expires_at__lte=now)
+    if state == RecipientState.EXPIRED:
+        rows = rows.filter(Q(state=state) | waiting_past)
+    elif state in WAITING:
+        rows = rows.filter(state=state).exclude(waiting_past)
+    elif state is not None:
+        rows = rows.filter(state=state)
+    found = list(rows[:page + 1])
+    more = len(found) > page
+    found = found[:page]
+    return {
+        "results": [{
+            "user": r.user_id, "state": shown_state(r, now),
+            "delivered_at": r.delivered_at.isoformat() if r.delivered_at else None,
+            "acked_at": r.acked_at.isoformat() if r.acked_at else None,
+            "attempts": r.attempts,
+        } for r in found],
+        "next": _cursor(found[-1].user_id) if more and found else None,
+    }
+
+
+def recipient_states(*, user_id: str, push_ids: list[str],
+                     now: datetime | None = None) -> dict[str, str]:
+    """Push id -> the user's state for it (as readers see it), for the pushes that track
+    the user (targeted ones). One query."""
+    now = now or timezone.now()
+    return {r.push_id: shown_state(r, now) for r in PushRecipient.objects.filter(
+        push_id__in=push_ids, user_id=user_id).only("push_id", "state", "expires_at")}
+
+
+def recipient_counts(log: PushLog, now: datetime | None = None) -> dict[str, int]:
+    """How many of a push's recipients are in each state (as readers see it). One query."""
+    now = now or timezone.now()
+    counts: dict[str, int] = {}
+    for r in PushRecipient.objects.filter(push=log).only("state", "expires_at"):
+        shown = shown_state(r, now)
+        counts[shown] = counts.get(shown, 0) + 1
+    return counts
 
 
 def push_describe(log: PushLog) -> dict[str, Any]:
@@ -149,19 +226,29 @@ def waiting_count() -> int:
     return PushLog.objects.filter(status=PushStatus.ACCEPTED).count()
 
 
-def pushes_to_user(*, user_id: str, limit: int = 20,
-                   since: datetime | None = None) -> list[PushLog]:
-    """The latest pushes naming ``user_id`` and the latest broadcasts, newest first, with
-    their clients and per-node deliveries. Two queries."""
+def pushes_to_user(*, user_id: str, limit: int = 20, since: datetime | None = None,
+                   app: str | None = None) -> list[PushLog]:
+    """The latest pushes naming ``user_id`` and the latest broadcasts (of ``app`` only,
+    when given), newest first, with their clients and per-node deliveries. Two queries."""
     since = since or timezone.now() - timedelta(days=7)
     return list(
-        PushLog.objects.filter(created_at__gte=since)
+        PushLog.objects.filter(created_at__gte=since, **({} if app is None else {"app": app}))
         .filter(users_contain_q(user_id) | Q(broadcast=True))
         .select_related("client")
         .prefetch_related("deliveries")
         .defer("data_json")
         .order_by("-created_at")[:limit]
     )
+
+
+def push_apps(*, user_id: str) -> set[str]:
+    """The apps whose targeted pushes name a user of this id (per-recipient rows; pushes
+    from before them count as ``default``'s). One query each."""
+    apps = set(PushRecipient.objects.filter(user_id=user_id).values_list("app", flat=True)
+               .distinct())
+    if not apps and user_named_in_pushes(user_id=user_id):
+        apps.add("default")
+    return apps
 
 
 def user_named_in_pushes(*, user_id: str) -> bool:

@@ -32,9 +32,10 @@ from push_app.models import (
     AuditEvent,
     PushDelivery,
     PushLog,
+    PushRecipient,
     PushStatus,
 )
-from push_app.pushlog import build_log
+from push_app.pushlog import build_log, build_recipients
 from push_app.tenancy import app_get, app_signing_secret
 from push_app.validation import PushRequest, TokenRequest, push_request
 
@@ -127,6 +128,9 @@ def push_create_many(*, client: ApiClient | None, reqs: list[PushRequest], submi
                         results.append((first, False))
                         continue
                 results.append((log, True))
+                recipients = build_recipients(log)
+                if recipients:
+                    PushRecipient.objects.bulk_create(recipients)
                 message = push_message(log)
                 transaction.on_commit(lambda m=message: submit(m))  # type: ignore[misc]
     except DatabaseError as exc:
@@ -216,12 +220,13 @@ TEST_PUSH_TOPIC = "console.test"
 
 
 def console_test_push(*, user_id: str, data: object, topic: str | None, submit: Submit,
-                      backlog: int = 0) -> PushLog:
-    """A push from an operator to one user, through the same path as the API's (validated,
-    stored, published after commit), with no API client: it shows as "console" in admin."""
+                      backlog: int = 0, app: str = DEFAULT_APP) -> PushLog:
+    """A push from an operator to one user of ``app``, through the same path as the API's
+    (validated, stored, published after commit), with no API client: it shows as
+    "console" in admin."""
     req = push_request({"users": [user_id], "data": data,
                         **({"topic": topic} if topic else {})})
-    log, _ = push_create(client=None, req=req, submit=submit, backlog=backlog)
+    log, _ = push_create(client=None, req=req, submit=submit, backlog=backlog, app=app)
     return log
 
 

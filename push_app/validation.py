@@ -23,7 +23,6 @@ from gateway_core.conf import gateway_settings
 from gateway_core.jsonsafe import printable, unfit
 from gateway_core.tokens import valid_user_id
 
-MAX_TTL_S = 7 * 24 * 3600
 MAX_TOPIC_CHARS = 200
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 #: Levels of the batch body around each item: ``{"pushes": [item]}``.
@@ -107,9 +106,12 @@ def push_request(body: Any, *, level: int = 1) -> PushRequest:
     if topic is not None and "\x00" in topic:  # PostgreSQL text columns refuse NUL
         raise _invalid("topic", "must not contain NUL")
     ttl = body.get("ttl")
+    max_ttl = gateway_settings.max_ttl_s
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int)
-                            or not 0 < ttl <= MAX_TTL_S):
-        raise _invalid("ttl", f"whole seconds from 1 to {MAX_TTL_S}")
+                            or not 0 <= ttl <= max_ttl):
+        raise _invalid("ttl", f"whole seconds from 0 to {max_ttl}")
+    if ttl == 0:  # v1's "no ttl": live only, waits for the broker as long as it takes
+        ttl = None
     key = body.get("idempotency_key")
     if key is not None and (not isinstance(key, str)
                             or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):

@@ -48,8 +48,16 @@ from gateway_core.messages import Message, PushMessage
 from gateway_core.tenancy import DEFAULT_APP, SCOPES
 from push_app import services
 from push_app.errors import PushUnavailable
-from push_app.models import ApiClient, PushLog
-from push_app.pushlog import COLUMNS, CREATED_AT, EXPIRES_AT, USERS, log_row
+from push_app.models import ApiClient, PushLog, PushRecipient
+from push_app.pushlog import (
+    COLUMNS,
+    CREATED_AT,
+    EXPIRES_AT,
+    RECIPIENT_COLUMNS,
+    USERS,
+    log_row,
+    recipient_rows,
+)
 from push_app.validation import PushRequest, RequestInvalid
 
 logger = logging.getLogger("gateway.writer")
@@ -220,19 +228,22 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
 _insert_sql: dict[str, str] = {}
 
 
-def insert_sql() -> str:
-    """``INSERT INTO push_app_pushlog (…) VALUES (%s, …)`` for this connection's database."""
-    sql = _insert_sql.get(connection.vendor)
+def insert_sql(model: Any = PushLog, columns: Sequence[str] = COLUMNS) -> str:
+    """``INSERT INTO push_app_pushlog (…) VALUES (%s, …)`` for this connection's database
+    (or ``model``'s table with ``columns``: the recipients)."""
+    key = f"{connection.vendor}:{model._meta.db_table}"
+    sql = _insert_sql.get(key)
     if sql is None:
-        by_attname = {f.attname: str(f.column) for f in PushLog._meta.concrete_fields}
-        if set(by_attname) != set(COLUMNS):
-            raise RuntimeError(f"PushLog's fields changed: {sorted(by_attname)}; "
-                               "update push_app.pushlog.COLUMNS")
+        by_attname = {f.attname: str(f.column) for f in model._meta.concrete_fields
+                      if not f.primary_key or model is PushLog}
+        if set(by_attname) != set(columns):
+            raise RuntimeError(f"{model.__name__}'s fields changed: {sorted(by_attname)}; "
+                               "update push_app.pushlog")
         quote = connection.ops.quote_name
-        sql = (f"INSERT INTO {quote(PushLog._meta.db_table)} "
-               f"({', '.join(quote(by_attname[a]) for a in COLUMNS)}) "
-               f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
-        _insert_sql[connection.vendor] = sql
+        sql = (f"INSERT INTO {quote(model._meta.db_table)} "
+               f"({', '.join(quote(by_attname[a]) for a in columns)}) "
+               f"VALUES ({', '.join(['%s'] * len(columns))})")
+        _insert_sql[key] = sql
     return sql
 
 
@@ -271,6 +282,8 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
     rows: list[list[Any]] = []
     #: Per row: the request's outcome list and the row's place in it.
     places: list[tuple[Stored, int]] = []
+    #: Per row: its push's recipients (PROTOCOL.md section 6), stored with it.
+    recipients: list[list[list[Any]]] = []
     with transaction.atomic():
         clients = _client_states(pks) if pks else {}
         for client, reqs in items:
@@ -299,6 +312,8 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
                     continue
                 places.append((messages, len(messages)))
                 rows.append(row)
+                recipients.append(recipient_rows(push_id, users, app=app,
+                                                 expires_at=row[EXPIRES_AT]))
                 messages.append(PushMessage(
                     id=push_id, users=users, data_json=req.data_json, topic=req.topic,
                     accepted_ms=accepted_ms,
@@ -308,12 +323,16 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
             outcomes.append(messages)
         if rows:
             with connection.cursor() as cursor:
+                refused = {} if not isolate else _insert_apart(cursor, rows)
                 if not isolate:
                     _insert_rows(cursor, rows)
-                    return outcomes
-                for index, error in _insert_apart(cursor, rows).items():
+                for index, error in refused.items():
                     messages, place = places[index]
                     messages[place] = _unstorable(rows[index][0], error)
+                stored = [row for index, rows_ in enumerate(recipients)
+                          if index not in refused for row in rows_]
+                if stored:
+                    cursor.executemany(insert_sql(PushRecipient, RECIPIENT_COLUMNS), stored)
     return outcomes
 
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from channels.consumer import AsyncConsumer
@@ -23,6 +23,7 @@ from gateway_core.tokens import Claims, InvalidToken, UnknownApp, decode_token
 from sessions_app import frames
 from sessions_app.close_codes import CloseCode
 from sessions_app.flow import QUEUED, WRITE, SendBuffer, UnboundedSendBuffer, send_buffer_for
+from sessions_app.frames import push_id_of
 from sessions_app.hub import INTERNAL_ERROR, Hub
 from sessions_app.registry import ChannelSession
 
@@ -42,8 +43,17 @@ class SessionNode(Protocol):
         """Start the node's loops if they are not running yet."""
         ...
 
-    def acked(self, push_id: str) -> None:
-        """A client acknowledged a push this node delivered to it."""
+    def acked(self, push_id: str, session: ChannelSession) -> None:
+        """A session acknowledged a push this node delivered to it."""
+        ...
+
+    async def recover(self, session: ChannelSession, since: str | None) -> Recovered:
+        """What the session gets before any live push: its user's kept pushes (and with
+        ``since``, the app's kept broadcasts after it), PROTOCOL.md section 6."""
+        ...
+
+    def replayed(self, session: ChannelSession, push_ids: list[str]) -> None:
+        """Count the targeted pushes a replay wrote to the session."""
         ...
 
     def app_secrets(self, app: str) -> tuple[str, ...] | None:
@@ -56,6 +66,20 @@ class SessionNode(Protocol):
 
     async def reload_apps(self, *, on_miss: bool = False) -> None:
         """Reload the apps from the database (on a miss: at most once a second)."""
+        ...
+
+
+class Recovered(Protocol):
+    """What ``SessionNode.recover`` answers (``push_app.recipients.Recovery``)."""
+
+    @property
+    def pushes(self) -> Sequence[Any]:
+        """Each with ``id``, ``frame`` (text) and ``targeted``, in accept order."""
+        ...
+
+    @property
+    def complete(self) -> bool | None:
+        """Whether ``since`` was known; None without one."""
         ...
 
 
@@ -78,6 +102,9 @@ class GatewayConsumer(AsyncConsumer):
         self.session = None
         self.closed = False
         self.buffer: SendBuffer = UnboundedSendBuffer(send)
+        #: While the session's replay is read and sent: what else was to be written to it
+        #: (live pushes), written after the replay so that it comes first.
+        self.held: list[tuple[str, bytes | None]] | None = None
         try:
             while True:
                 message = await receive()
@@ -135,16 +162,47 @@ class GatewayConsumer(AsyncConsumer):
         )
         # This connection's task logs with its session id from here on.
         logs.session_id_var.set(self.session.session_id)
+        # Registered before the inbox is read, holding live pushes meanwhile: a kept push
+        # is then either in the replay or arrives live after it, never lost between them.
+        self.held = []
         await self.node.hub.open(
             self.session, max_per_user=gateway_settings.max_connections_per_user
         )
-        await self.send_frame(frames.welcome(
-            session_id=self.session.session_id,
+        since = frames.since_from_scope(self.scope)
+        recovered = await self.node.recover(self.session, since)
+        await self._replay(claims.user_id, since, recovered)
+
+    async def _replay(self, user_id: str, since: str | None, recovered: Recovered) -> None:
+        """The welcome, the replayed pushes, then what was held meanwhile (minus the
+        pushes the replay already sent)."""
+        session = self.session
+        assert session is not None
+        pushes = recovered.pushes
+        recovery = None if since is None else {
+            "since": since, "complete": bool(recovered.complete), "replayed": len(pushes)}
+        await self._write(frames.welcome(
+            session_id=session.session_id,
             node_id=self.node.node_id,
-            user_id=claims.user_id,
+            user_id=user_id,
             interval_s=gateway_settings.heartbeat_interval_s,
             timeout_s=gateway_settings.heartbeat_timeout_s,
+            recovery=recovery,
         ))
+        replayed: set[str] = set()
+        targeted: list[str] = []
+        for push in pushes:
+            if not await self._write(push.frame):
+                break
+            session.received(push.id)
+            replayed.add(push.id)
+            if push.targeted:
+                targeted.append(push.id)
+        if targeted:
+            self.node.replayed(session, targeted)
+        held, self.held = self.held or [], None
+        for frame, wire in held:
+            if push_id_of(frame) not in replayed:
+                await self._write(frame, wire)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         session = self.session
@@ -182,7 +240,7 @@ class GatewayConsumer(AsyncConsumer):
                     # budget, so that a client may ack every push (PROTOCOL.md section 1).
                     session.last_seen = now
                     self.metrics.frame(kind)
-                    self.node.acked(frame["id"])
+                    self.node.acked(frame["id"], session)
                     return
                 else:
                     kind, reply = "bad_ack", frames.error(
@@ -237,6 +295,13 @@ class GatewayConsumer(AsyncConsumer):
 
     # Connection (what the registry and the hub call) ---------------------------------
     async def send_frame(self, frame: str, wire: bytes | None = None) -> bool:
+        held = self.held
+        if held is not None and not self.closed:
+            held.append((frame, wire))
+            return True
+        return await self._write(frame, wire)
+
+    async def _write(self, frame: str, wire: bytes | None = None) -> bool:
         if self.closed:
             return False
         verdict = self.buffer.offer(frame)

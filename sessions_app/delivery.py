@@ -63,11 +63,15 @@ class Deliverer:
         close_session: Callable[[ChannelSession, CloseCode], Any],
         drop_session: Callable[[ChannelSession], Any],
         started_ms: int | None = None,
+        on_recipients: Callable[[str, dict[str, int]], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.registry = registry
         #: Told how many connections each push reached here (the node counts it).
         self.on_delivered = on_delivered
+        #: Told, for a targeted push, how many sockets of each user it was written to
+        #: (per-recipient state, PROTOCOL.md section 6).
+        self.on_recipients = on_recipients
         self.close_session = close_session
         self.drop_session = drop_session
         self.metrics = metrics.bound(node_id)
@@ -131,6 +135,8 @@ class Deliverer:
         # receives every push, and most targeted ones are for users connected elsewhere.
         encoded: tuple[str, bytes] | None = None
         sent = 0
+        # Per user, for a targeted push only: broadcasts are not tracked per recipient.
+        users: dict[str, int] | None = None if message.users is None else {}
         for session in targets:
             if encoded is None:
                 frame = message.frame()
@@ -145,8 +151,12 @@ class Deliverer:
             if written:
                 session.received(message.id)
                 sent += 1
+                if users is not None:
+                    users[session.user_id] = users.get(session.user_id, 0) + 1
         if sent:
             self.on_delivered(message.id, sent)
+            if users and self.on_recipients is not None:
+                self.on_recipients(message.id, users)
             counted = self.metrics.app(message.app)
             counted.deliveries.inc(sent)
             latency_s = max(0, self.clock_ms() - message.accepted_ms) / 1000

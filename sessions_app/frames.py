@@ -53,11 +53,34 @@ def _json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
-def welcome(*, session_id: str, node_id: str, user_id: str, interval_s: int, timeout_s: int) -> str:
-    return json.dumps({
+def welcome(*, session_id: str, node_id: str, user_id: str, interval_s: int, timeout_s: int,
+            recovery: dict[str, Any] | None = None) -> str:
+    body: dict[str, Any] = {
         "type": "welcome", "session": session_id, "node": node_id, "user": user_id,
         "heartbeat": {"interval": interval_s, "timeout": timeout_s},
-    })
+    }
+    if recovery is not None:
+        body["recovery"] = recovery
+    return json.dumps(body)
+
+
+#: How every push frame starts (``PushMessage.frame``): the push id follows.
+PUSH_FRAME_HEAD = '{"type":"push","id":"'
+
+
+def push_id_of(frame: str) -> str | None:
+    """The id of a push frame this node built, without parsing it; None for other frames."""
+    if not frame.startswith(PUSH_FRAME_HEAD):
+        return None
+    end = frame.find('"', len(PUSH_FRAME_HEAD))
+    return frame[len(PUSH_FRAME_HEAD):end] if end > 0 else None
+
+
+def since_from_scope(scope: dict[str, Any]) -> str | None:
+    """``?since=<push id>`` (PROTOCOL.md section 6), or None without one."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    values = query.get("since")
+    return values[0] if values else None
 
 
 def refreshed(expires_at: int) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from sessions_app.models import Node, SessionRecord
@@ -127,20 +127,8 @@ class SessionRecorder:
                     ],
                     ignore_conflicts=True,
                 )
-            if snap.closed:
-                # One statement per 500 closes, not one per close: a drained node or a
-                # reconnect storm closes thousands at once. Rows already closed (by
-                # another node expiring this one) keep what they were closed with.
-                closes = [
-                    SessionRecord(id=sid, closed_at=_dt(at), last_seen=_dt(at), close_code=code)
-                    for sid, at, code in snap.closed
-                ]
-                SessionRecord.objects.filter(closed_at__isnull=True).bulk_update(
-                    closes, ["closed_at", "last_seen", "close_code"], batch_size=500
-                )
-            if snap.seen:
-                records = [SessionRecord(id=sid, last_seen=_dt(seen)) for sid, seen in snap.seen]
-                SessionRecord.objects.bulk_update(records, ["last_seen"], batch_size=500)
+            if snap.closed or snap.seen:
+                _write_closes_and_beats(snap)
             self.expire_dead_nodes(now)
 
     def expire_dead_nodes(self, now: datetime) -> int:
@@ -157,6 +145,32 @@ class SessionRecorder:
         SessionRecord.objects.filter(node_id=self.node_id, closed_at__isnull=True).update(
             closed_at=now, close_code=DEAD_NODE_CLOSE_CODE
         )
+
+
+def _write_closes_and_beats(snap: Snapshot) -> None:
+    """Closes and ``last_seen`` beats as one plain ``UPDATE`` each, run over every row.
+
+    A drained node or a reconnect storm closes thousands of sessions at once; Django's
+    ``bulk_update`` builds a ``CASE`` over every id per statement, which took the database
+    thread most of a drain (docs/performance.md, kept pushes). Rows already closed (by
+    another node expiring this one) keep what they were closed with.
+    """
+    q = connection.ops.quote_name
+    meta = SessionRecord._meta
+    c = {f.attname: q(str(f.column)) for f in meta.concrete_fields}
+    table = q(meta.db_table)
+    prep = meta.get_field("last_seen").get_db_prep_save
+    with connection.cursor() as cursor:
+        if snap.closed:
+            cursor.executemany(
+                f"UPDATE {table} SET {c['closed_at']} = %s, {c['last_seen']} = %s, "
+                f"{c['close_code']} = %s WHERE {c['id']} = %s AND {c['closed_at']} IS NULL",
+                [(prep(_dt(at), connection), prep(_dt(at), connection), code, sid)
+                 for sid, at, code in snap.closed])
+        if snap.seen:
+            cursor.executemany(
+                f"UPDATE {table} SET {c['last_seen']} = %s WHERE {c['id']} = %s",
+                [(prep(_dt(seen), connection), sid) for sid, seen in snap.seen])
 
 
 def dead_node_ids(*, timeout_s: int, exclude: str) -> list[str]:

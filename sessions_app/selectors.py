@@ -129,10 +129,12 @@ def live_totals(*, now: datetime | None = None, timeout_s: int | None = None) ->
     )
 
 
-def user_sessions(*, user_id: str, limit: int = 25) -> list[SessionRecord]:
-    """A user's open sessions, then their latest closed ones, with nodes. One query."""
+def user_sessions(*, user_id: str, limit: int = 25,
+                  app: str | None = None) -> list[SessionRecord]:
+    """A user's open sessions, then their latest closed ones, with nodes (of ``app`` only,
+    when given). One query."""
     rows = list(
-        SessionRecord.objects.filter(user_id=user_id)
+        SessionRecord.objects.filter(user_id=user_id, **({} if app is None else {"app": app}))
         .select_related("node")
         .order_by("-connected_at")[:limit]
     )
@@ -198,6 +200,12 @@ def node_live_counts(*, node_id: str, since: datetime | None = None) -> dict[str
     return SessionRecord.objects.filter(node_id=node_id).filter(
         session_state_q("live", since=since)
     ).aggregate(sessions=Count("id"), users=Count("user_id", distinct=True))
+
+
+def session_apps(*, user_id: str) -> set[str]:
+    """The apps in which a user of this id has sessions recorded. One query."""
+    return set(SessionRecord.objects.filter(user_id=user_id).values_list("app", flat=True)
+               .distinct())
 
 
 def session_exists(*, session_id: str) -> bool:

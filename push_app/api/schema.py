@@ -24,7 +24,6 @@ from push_app.models import PushStatus
 from push_app.validation import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_TOPIC_CHARS,
-    MAX_TTL_S,
 )
 
 Schema = dict[str, Any]
@@ -64,9 +63,12 @@ def push_body() -> Schema:
                      "nullable": True},
             "topic": {"type": "string", "minLength": 1, "maxLength": MAX_TOPIC_CHARS,
                       "pattern": _NO_NUL, "nullable": True},
-            "ttl": {"type": "integer", "minimum": 1, "maximum": MAX_TTL_S, "nullable": True,
-                    "description": "seconds; without one, a push waits for the broker as "
-                                   "long as it takes"},
+            "ttl": {"type": "integer", "minimum": 0,
+                    "maximum": gateway_settings.max_ttl_s, "nullable": True,
+                    "description": "seconds the push is kept for its users (PROTOCOL.md "
+                                   "section 6): ttl > 0 reaches users who connect later and "
+                                   "is sent again until acked; 0 or none: live only, and "
+                                   "the push waits for the broker as long as it takes"},
             "idempotency_key": {"type": "string", "minLength": 1,
                                 "maxLength": MAX_IDEMPOTENCY_KEY_CHARS, "pattern": _NO_NUL,
                                 "nullable": True,
@@ -150,6 +152,28 @@ def push_details() -> Schema:
     }
 
 
+def recipients() -> Schema:
+    when = {"type": "string", "format": "date-time", "nullable": True}
+    recipient = {
+        "type": "object",
+        "properties": {"user": USER_ID,
+                       "state": {"type": "string", "enum": [
+                           "offline", "pending", "delivered", "acked", "expired", "dropped"]},
+                       "delivered_at": when, "acked_at": when,
+                       "attempts": {"type": "integer", "minimum": 0}},
+        "required": ["user", "state", "delivered_at", "acked_at", "attempts"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"results": {"type": "array", "items": recipient},
+                       "next": {"type": "string", "nullable": True,
+                                "description": "pass back as ?cursor= for the next page"}},
+        "required": ["results", "next"],
+        "additionalProperties": False,
+    }
+
+
 def presence() -> Schema:
     connection = {
         "type": "object",
@@ -229,6 +253,7 @@ def error() -> Schema:
 COMPONENTS = {
     "PushBody": push_body, "PushBatch": push_batch, "PushAccepted": push_accepted,
     "BatchResults": batch_results, "PushDetails": push_details, "Presence": presence,
+    "Recipients": recipients,
     "Disconnect": disconnect_body, "DisconnectAccepted": disconnect_accepted,
     "TokenRequest": token_request, "Token": token, "Error": error,
 }

@@ -25,7 +25,7 @@ from push_app.api.errors import count_rejected, error_body
 from push_app.api.schema import BODY_ERRORS, COMMON_ERRORS, PUSH_ID, USER_ID, body, errors, ref
 from push_app.api.throttling import take_app_pushes
 from push_app.errors import PushUnavailable
-from push_app.models import ApiClient, AuditAction, AuditActor
+from push_app.models import ApiClient, AuditAction, AuditActor, RecipientState
 from push_app.validation import RequestInvalid
 
 _USER_PARAMETER = OpenApiParameter("user_id", OpenApiTypes.STR, OpenApiParameter.PATH,
@@ -137,6 +137,43 @@ class PushDetailView(APIView):
             count_rejected(request, status.HTTP_404_NOT_FOUND, body)
             return Response(body, status=status.HTTP_404_NOT_FOUND)
         return Response(selectors.push_describe(log))
+
+
+class PushRecipientsView(APIView):
+    required_scope = "push"
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("push_id", OpenApiTypes.STR, OpenApiParameter.PATH,
+                             pattern=PUSH_ID["pattern"]),
+            OpenApiParameter("state", OpenApiTypes.STR, OpenApiParameter.QUERY, enum=[
+                "offline", "pending", "delivered", "acked", "expired", "dropped"]),
+            OpenApiParameter("cursor", OpenApiTypes.STR, OpenApiParameter.QUERY),
+        ],
+        responses={200: ref("Recipients"), **errors(400, 404, 409, *COMMON_ERRORS)},
+        summary="What became of a targeted push for each of its users",
+    )
+    def get(self, request: Request, push_id: str) -> Response:
+        log = selectors.push_get(client=_client(request), push_id=push_id)
+        if log is None:
+            body = error_body("not_found", f"no push {push_id!r} from this client")
+            count_rejected(request, status.HTTP_404_NOT_FOUND, body)
+            return Response(body, status=status.HTTP_404_NOT_FOUND)
+        if log.broadcast:
+            body = error_body("not_per_recipient",
+                              "a broadcast is not tracked per recipient; see its counts")
+            count_rejected(request, status.HTTP_409_CONFLICT, body)
+            return Response(body, status=status.HTTP_409_CONFLICT)
+        state = request.query_params.get("state")
+        if state is not None and state not in RecipientState.values:
+            raise RequestInvalid(f"state: one of {', '.join(RecipientState.values)}",
+                                 fields={"state": "unknown state"})
+        try:
+            page = selectors.push_recipients(log=log, state=state,
+                                             cursor=request.query_params.get("cursor"))
+        except selectors.BadCursor as exc:
+            raise RequestInvalid(f"cursor: {exc}", fields={"cursor": str(exc)}) from None
+        return Response(page)
 
 
 class PresenceView(APIView):

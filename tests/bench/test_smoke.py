@@ -71,3 +71,24 @@ def test_broadcast_under_uvicorn_loses_nothing() -> None:
     assert broadcast["gateway_server"] == "uvicorn"
     assert broadcast["connect"]["connected"] == 50
     assert broadcast["expected"] > 0 and broadcast["loss"] == 0, broadcast
+
+
+def test_two_apps_against_one_lose_nothing() -> None:
+    lines = run_bench("apps", "--clients", "100", "--rate", "10", "--targeted-clients", "100",
+                      "--targeted-rate", "50", "--duration", "1", "--rounds", "1", "--control",
+                      "--kinds", "broadcast,targeted,multicast")
+    runs = [line for line in lines if line["scenario"] == "apps"]
+    assert [(r["kind"], r["layout"], r["apps"]) for r in runs] == [
+        ("broadcast", "one-app", 1), ("broadcast", "two-apps", 2), ("broadcast", "control", 1),
+        ("targeted", "one-app", 1), ("targeted", "two-apps", 2),
+        ("multicast", "one-app", 1), ("multicast", "two-apps", 2)]
+    for r in runs:
+        # The control: half the clients, each sent twice the broadcasts.
+        assert r["connect"]["connected"] == (50 if r["layout"] == "control" else 100)
+        assert r["push_errors"] == 0
+        # Negative loss would be a push that reached the other app's user of the same id.
+        assert r["expected"] > 0 and r["loss"] == 0, r
+    ratios = [line for line in lines if line["scenario"] == "apps-ratio"]
+    assert [r["kind"] for r in ratios] == ["broadcast", "targeted", "multicast"]
+    assert all(r["clean"] and r["throughput_ratio"] > 0 for r in ratios)
+    assert ratios[0]["two_apps_vs_control_throughput_ratio"] > 0

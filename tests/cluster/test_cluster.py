@@ -8,6 +8,7 @@ with users of its own and every client closed at its end.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 import uuid
@@ -22,6 +23,7 @@ from tests.cluster import flows
 from tests.support.clients import (
     Api,
     eventually,
+    make_token,
     recv_json,
     recv_push,
     uid,
@@ -257,3 +259,41 @@ async def test_an_apps_connection_limit_holds_across_nodes(cluster: Cluster) -> 
     finally:
         for ws in held:
             await ws.close()
+
+
+# --- Kept pushes across nodes (PROTOCOL.md section 6) ----------------------------------------
+
+async def test_a_user_who_moves_to_another_node_resumes_there_and_its_ack_settles(
+    cluster: Cluster, key: str,
+) -> None:
+    """On A, then gone; a kept push while away; back on B with ``since``: B replays what A's
+    session missed, and B's ack settles the push for A too."""
+    a, b, c = (node(cluster, n) for n in "abc")
+    user = uid()
+    async with Api(c, key) as api:
+        ws = await ws_connect(a, make_token(user))
+        assert (await recv_json(ws))["node"] == a.node_id
+        first = await api.push_to([user], 1, ttl=60)
+        assert (await recv_push(ws, flows.CROSS_S))["id"] == first
+        await ws.send(json.dumps({"type": "ack", "id": first}))
+        await ws.close()
+        missed = await api.push_to([user], 2, ttl=60)
+
+        ws = await ws_connect(b, make_token(user) + f"&since={first}")
+        welcome = await recv_json(ws)
+        assert welcome["recovery"] == {"since": first, "complete": True, "replayed": 1}
+        assert (await recv_push(ws))["id"] == missed
+        await ws.send(json.dumps({"type": "ack", "id": missed}))
+        await ws.close()
+
+        async def state() -> str:
+            page = (await api.http.get(f"/api/v1/push/{missed}/recipients")).json()
+            return str(page["results"][0]["state"])
+
+        await eventually(state, lambda s: s == "acked", within=flows.DB_S,
+                         what="the ack on B settles the push")
+        ws = await ws_connect(a, make_token(user))
+        assert (await recv_json(ws))["type"] == "welcome"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 1.0)  # acked on B: not again on A
+        await ws.close()

@@ -100,3 +100,25 @@ def test_sessions_and_pushes_show_and_filter_by_app(operator):
     pushes = reverse("admin:push_app_pushlog_changelist")
     listed = operator.get(pushes + "?app=bank").context["cl"].result_list
     assert {log.app for log in listed} == {"bank"}
+
+
+def test_a_user_id_in_two_apps_is_two_users_on_the_user_page(operator):
+    node = make_node("n1")
+    make_session("s-shop", "u7", node, app="shop")
+    make_session("s-bank", "u7", node, app="bank")
+    page = operator.get(reverse("admin:console_user") + "?q=u7").content.decode()
+    assert "several apps" in page and "u7 of bank" in page and "u7 of shop" in page
+    shop = operator.get(reverse("admin:console_user") + "?q=u7&app=shop")
+    html = shop.content.decode()
+    assert "s-shop" in html and "s-bank" not in html
+    assert "app=shop" in html  # its disconnect and test-push links name the app
+
+
+def test_a_user_disconnect_from_the_console_names_the_users_app(operator, node):
+    node_row = make_node("n2")
+    make_session("s-one", "u8", node_row, app="bank")
+    response = operator.post(reverse("admin:sessions_app_sessionrecord_disconnect_user"),
+                             {"user": "u8", "app": "bank", "reason": "x", "confirm": "1"})
+    assert response.status_code == 302 and "app=bank" in response["Location"]
+    (order,) = [m for m in node.relay.pending if getattr(m, "action", "") == "disconnect"]
+    assert (order.app, order.users) == ("bank", ("u8",))

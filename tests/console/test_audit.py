@@ -112,7 +112,8 @@ def test_test_pushes_and_key_actions_are_audited(operator, alice):
     assert operator.post(reverse("admin:push_app_pushlog_test_push"),
                          {"user": "alice", "payload": '{"hello": 1}'}).status_code == 302
     assert operator.post(reverse("admin:push_app_apiclient_add"),
-                         {"name": "crm", "app": "default", "scope_choices": ["push"]}).status_code == 200
+                         {"name": "crm", "app": "default",
+                          "scope_choices": ["push"]}).status_code == 200
     crm = ApiClient.objects.get(name="crm")
     assert operator.post(reverse("admin:push_app_apiclient_rotate",
                                  args=[crm.pk])).status_code == 200

@@ -127,3 +127,21 @@ def test_send_a_test_push(operator, node, django_capture_on_commit_callbacks):
     [message] = node.relay.pending
     assert isinstance(message, PushMessage) and message.id == log.id
     assert message.users == ("alice",)
+
+
+def test_the_push_page_answers_did_each_user_get_it_and_ack_it(operator):
+    """Per-recipient state (PROTOCOL.md section 6) on the push's page."""
+    from push_app.models import PushRecipient
+    from push_app.recipients import RecipientLedger
+
+    log = make_push(["u1", "u2", "u3"])
+    for user in ("u1", "u2", "u3"):
+        PushRecipient.objects.create(push=log, app="default", user_id=user, state="pending",
+                                     kept=True)
+    ledger = RecipientLedger()
+    ledger.delivered(log.id, {"u1": 1, "u2": 2})
+    ledger.acked(log.id, "u1")
+    ledger.write(ledger.take())
+    page = operator.get(reverse("admin:push_app_pushlog_change", args=[log.id])).content.decode()
+    assert "1 acked" in page and "1 delivered" in page and "1 pending" in page
+    assert page.index(">u1<") < page.index(">u2<") < page.index(">u3<")

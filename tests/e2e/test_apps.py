@@ -33,6 +33,9 @@ from tests.support.gateway import SERVERS, GatewayProcess
 
 pytestmark = pytest.mark.e2e
 
+# Tests of the API alone run under Daphne only (``parametrize("node", ["daphne"])``); what
+# crosses the WebSocket (handshake, delivery, closes, frames) runs under both servers.
+
 
 def app_token(user: str, app: str, secret: str, *, ttl: int = 600, kid: Any = "") -> str:
     """A client token of ``app`` (``kid`` = the app unless given; None: no header)."""
@@ -148,6 +151,7 @@ async def test_a_token_not_signed_by_its_apps_secret_gets_4001(node: GatewayProc
     assert (code, frames) == (4001, [])
 
 
+@pytest.mark.parametrize("node", ["daphne"], indirect=True)  # the API: one server is enough
 async def test_kid_default_is_the_same_as_no_kid(node: GatewayProcess) -> None:
     from tests.support.gateway import JWT_SECRET
     user = uid()
@@ -160,6 +164,7 @@ async def test_kid_default_is_the_same_as_no_kid(node: GatewayProcess) -> None:
         await ws.close()
 
 
+@pytest.mark.parametrize("node", ["daphne"], indirect=True)  # the API: one server is enough
 async def test_tokens_endpoint_mints_for_the_callers_app(node: GatewayProcess, shop: Tenant,
                                                          bank: Tenant) -> None:
     user = uid()
@@ -177,6 +182,7 @@ async def test_tokens_endpoint_mints_for_the_callers_app(node: GatewayProcess, s
             await ws.close()
 
 
+@pytest.mark.parametrize("node", ["daphne"], indirect=True)  # the API: one server is enough
 async def test_scopes_refuse_what_a_key_may_not_do_with_403(node: GatewayProcess,
                                                             shop: Tenant) -> None:
     push_only = node.manage("createapikey", f"p-{uid()}", "--app", shop.app,
@@ -234,6 +240,7 @@ async def _opens(gw: GatewayProcess, token: str) -> Any:
     return None
 
 
+@pytest.mark.parametrize("node", ["daphne"], indirect=True)  # the API: one server is enough
 async def test_an_apps_push_rate_answers_429_past_it(node: GatewayProcess) -> None:
     slow = Tenant(node, f"slow-{uid()[-6:]}", "--pushes-per-second", "2")
     fast = Tenant(node, f"fast-{uid()[-6:]}")
@@ -308,6 +315,7 @@ async def test_refresh_moves_the_expiry_and_a_bad_token_is_refused(node: Gateway
         await ws.close()
 
 
+@pytest.mark.parametrize("node", ["daphne"], indirect=True)  # the API: one server is enough
 async def test_metrics_count_connections_and_pushes_per_app(node: GatewayProcess,
                                                             shop: Tenant, bank: Tenant) -> None:
     before = await metrics_text(node)
@@ -329,6 +337,7 @@ async def test_metrics_count_connections_and_pushes_per_app(node: GatewayProcess
         await ws.close()
 
 
+@pytest.mark.parametrize("node", ["daphne"], indirect=True)  # the API: one server is enough
 def test_createapp_prints_its_secret_last_and_refuses_bad_ids(node: GatewayProcess) -> None:
     out = node.manage("createapp", f"cli-{uid()[-6:]}", "--name", "CLI")
     assert len(out.splitlines()[-1]) >= 40
@@ -341,6 +350,7 @@ def test_createapp_prints_its_secret_last_and_refuses_bad_ids(node: GatewayProce
         node.manage("createapikey", f"k-{uid()}", "--scopes", "push,admin")
 
 
+@pytest.mark.parametrize("node", ["daphne"], indirect=True)  # the API: one server is enough
 def test_the_default_app_still_serves_v1_keys_and_tokens(node: GatewayProcess) -> None:
     key = node.api_key()
     response = httpx.post(f"{node.url}/api/v1/tokens", json={"user": "v1"},

@@ -400,7 +400,7 @@ async def test_404_for_unknown_and_other_clients_pushes(api: Api, other_api: Api
     ({"broadcast": True, "users": ["u1"], "data": 1}, "users"),
     ({"users": ["u1"], "data": 1, "topic": ""}, "topic"),
     ({"users": ["u1"], "data": 1, "topic": 5}, "topic"),
-    ({"users": ["u1"], "data": 1, "ttl": 0}, "ttl"),
+    ({"users": ["u1"], "data": 1, "ttl": -1}, "ttl"),
     ({"users": ["u1"], "data": 1, "ttl": "60"}, "ttl"),
     ({"users": ["u1"], "data": 1, "ttl": True}, "ttl"),
     ({"users": ["u1"], "data": 1, "idempotency_key": ""}, "idempotency_key"),

@@ -299,6 +299,11 @@ async def test_round_trip_then_sigterm_drains_with_4012_and_exits_0(
             code, frames = await wait_closed(client, within=10)
             assert code == 4012
             assert frames == []
+        # Not listening any more while it finishes (as a reconnect storm needs: each
+        # attempt would otherwise be accepted only to be closed with 4012).
+        with pytest.raises(OSError):
+            _, writer = await asyncio.open_connection(gw.host, gw.port)
+            writer.close()
         returncode = await asyncio.wait_for(asyncio.to_thread(gw.proc.wait), 20)
     assert returncode == 0, gw.log()[-3000:]
     assert "drained 2 connection(s)" in gw.log()

@@ -469,3 +469,51 @@ async def test_a_stalled_uvicorn_client_never_holds_up_the_others(node: GatewayN
         assert slow.pushes() == []
         await slow.stop()
         await healthy.stop()
+
+
+# --- Replay on connect (PROTOCOL.md section 6) ----------------------------------------------
+
+async def test_live_pushes_during_the_replay_come_after_it_and_are_not_lost(
+    node: GatewayNode, monkeypatch,
+):
+    from push_app.recipients import Recovery, Replayed
+
+    replayed = Replayed(id="a" * 32, frame=json.dumps({"type": "push", "id": "a" * 32}),
+                        targeted=True)
+
+    async def recover(session, since):
+        # A live push reaches the session while its inbox is read; another is the same
+        # push the replay carries.
+        await node.deliverer.handle(push("b" * 32))
+        await node.deliverer.handle(push("a" * 32))
+        return Recovery(pushes=[replayed], complete=None)
+
+    monkeypatch.setattr(node, "recover", recover)
+    comm, welcome = await connect()
+    assert "recovery" not in welcome  # no ``since``: no recovery block
+    first = await comm.receive_json_from()
+    second = await comm.receive_json_from()
+    assert [first["id"], second["id"]] == ["a" * 32, "b" * 32]
+    assert await comm.receive_nothing(timeout=0.05)  # "a" is not sent twice
+    # Both may be acked: the session received them.
+    for push_id in ("a" * 32, "b" * 32):
+        await comm.send_json_to({"type": "ack", "id": push_id})
+    assert await comm.receive_nothing(timeout=0.05)  # no bad_ack
+    await comm.disconnect()
+
+
+async def test_a_failing_inbox_read_still_welcomes_the_session(node: GatewayNode,
+                                                              monkeypatch):
+    async def broken(fn, *args):
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(node, "db", broken)
+    comm = communicator(f"/ws/?token={token()}&since={'c' * 32}")
+    connected, _ = await comm.connect()
+    assert connected
+    welcome = await comm.receive_json_from()
+    assert welcome["recovery"] == {"since": "c" * 32, "complete": False, "replayed": 0}
+    node.deliverer._seen.clear()
+    await node.deliverer.handle(push("d" * 32))
+    assert (await comm.receive_json_from())["id"] == "d" * 32
+    await comm.disconnect()

@@ -88,6 +88,19 @@ async def test_ensure_started_honours_autostart(node: GatewayNode):
     assert node._tasks == []
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_a_stopping_node_is_not_started_again_by_a_connection(node: GatewayNode):
+    node.autostart = True
+    await node.ensure_started()
+    assert node.running is True
+    stopping = asyncio.create_task(node.stop())
+    await asyncio.sleep(0)  # draining: what a client reconnecting now would call
+    await node.ensure_started()
+    await stopping
+    await node.ensure_started()
+    assert node.running is False and node._tasks == []
+
+
 async def test_ledger_totals_survive_a_failed_write(node: GatewayNode):
     node.ledger.delivered("p1", 2)
     written = []

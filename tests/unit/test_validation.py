@@ -7,7 +7,6 @@ from django.test import override_settings
 
 from push_app import validation
 from push_app.validation import (
-    MAX_TTL_S,
     PushRequest,
     RequestInvalid,
     batch_items,
@@ -101,7 +100,10 @@ def test_broadcast_must_be_a_bool(flag):
     assert list(exc.fields) == ["broadcast"]
 
 
-@pytest.mark.parametrize("ttl", [0, -1, MAX_TTL_S + 1, 1.5, "60", True, False])
+MAX_TTL_S = 7 * 24 * 3600  # GATEWAY_MAX_TTL's default
+
+
+@pytest.mark.parametrize("ttl", [-1, MAX_TTL_S + 1, 1.5, "60", True, False])
 def test_ttl_bounds_and_types(ttl):
     exc = refused(push_request, {"users": ["u"], "data": 1, "ttl": ttl})
     assert list(exc.fields) == ["ttl"]
@@ -110,6 +112,10 @@ def test_ttl_bounds_and_types(ttl):
 @pytest.mark.parametrize("ttl", [1, MAX_TTL_S])
 def test_ttl_edges_pass(ttl):
     assert push_request({"users": ["u"], "data": 1, "ttl": ttl}).ttl_s == ttl
+
+
+def test_ttl_zero_is_live_only_as_no_ttl():
+    assert push_request({"users": ["u"], "data": 1, "ttl": 0}).ttl_s is None
 
 
 @pytest.mark.parametrize("topic", ["", "x" * 201, 5, ["t"]])
