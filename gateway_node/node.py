@@ -47,6 +47,7 @@ from sessions_app.registry import ChannelSession, SessionManager
 from sessions_app.selectors import app_loads, user_presence
 from webhooks.presence import PresenceWatcher
 from webhooks.sender import WebhookSender
+from webhooks.settled import SettleWatcher
 
 logger = logging.getLogger("gateway.node")
 T = TypeVar("T")
@@ -125,6 +126,7 @@ class GatewayNode:
         self.webhooks = WebhookSender(node_id=self.node_id, db=self.webhook_db)
         self.presence_events = PresenceWatcher(db=self.webhook_db,
                                                on_emitted=self.webhooks.wake)
+        self.settled_events = SettleWatcher(db=self.webhook_db, on_emitted=self.webhooks.wake)
         # The API's pushes, stored by group commit on the database thread, then relayed.
         self.writer = PushWriter(db=self.db, submit=self.relay.submit, node_id=self.node_id)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -232,6 +234,7 @@ class GatewayNode:
         self._spawn("housekeeping", self._housekeeping)
         self._spawn("webhooks", self.webhooks.run)
         self._spawn("presence-events", self.presence_events.run)
+        self._spawn("settled-events", self.settled_events.run)
         metrics.set_process(self.node_id, role=self.role,
                             connections_ceiling=gateway_settings.connections_ceiling)
         self._spawn("loop-lag", functools.partial(

@@ -120,3 +120,15 @@ class PresenceState(models.Model):
         constraints = [models.UniqueConstraint(fields=["app", "user_id"],
                                                name="webhook_presence_per_user")]
         indexes = [models.Index(fields=["app", "online"], name="webhook_presence_online")]
+
+
+class SettledPush(models.Model):
+    """A push whose ``push.settled`` event is stored: the claim that makes it one event
+    however many nodes see it settle (its primary key is the push id; a second insert
+    fails)."""
+
+    push_id = models.CharField(primary_key=True, max_length=32)
+    settled_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "settled push"

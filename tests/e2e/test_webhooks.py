@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +19,22 @@ from typing import Any
 
 import pytest
 
-from tests.support.clients import Api, eventually, metric, metrics_text, session, uid
+from tests.support.clients import (
+    Api,
+    eventually,
+    metric,
+    metrics_text,
+    recv_push,
+    session,
+    uid,
+)
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.receiver import Call, Receiver
 
 pytestmark = pytest.mark.e2e
 
 ENV = {"GATEWAY_WEBHOOK_ALLOW_PRIVATE": "1", "GATEWAY_RECORD_INTERVAL": "1",
-       "GATEWAY_PRESENCE_DEBOUNCE": "1"}
+       "GATEWAY_PRESENCE_DEBOUNCE": "1", "GATEWAY_SETTLE_AFTER": "1"}
 
 
 @pytest.fixture
@@ -176,3 +185,32 @@ async def test_pending_events_survive_a_killed_node(tmp_path: Path) -> None:
     finally:
         gw.stop()
         receiver.stop()
+
+
+async def test_push_settled_with_each_users_outcome_to_the_pushing_client_only(
+        hooknode: GatewayProcess, receiver: Receiver) -> None:
+    mine, theirs = f"/{uid('s')}", f"/{uid('o')}"
+    key = hooknode.api_key()
+    async with Api(hooknode, key) as api, Api(hooknode, hooknode.api_key()) as other:
+        endpoint = await register(api, receiver.url(mine), ["push.settled"])
+        await register(other, receiver.url(theirs), ["push.settled"])
+        u1, u2 = uid(), uid()
+        async with session(hooknode, u1) as (ws, _):
+            live = await api.push_to([u1, u2], {"n": 1})
+            frame = await recv_push(ws)
+            await ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
+            kept = await api.push_to([u1], {"n": 2}, ttl=60)
+            frame = await recv_push(ws)
+            await ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
+            got = await calls(receiver, mine, 2, within=20)
+    by_push = {c.event["data"]["push"]: c for c in got}
+    assert set(by_push) == {live, kept}
+    assert all(c.verified(endpoint["secret"]) for c in got)
+    assert by_push[live].event["data"]["recipients"] == {
+        "acked": [u1], "delivered": [], "offline": [u2], "expired": [], "dropped": []}
+    assert by_push[live].event["data"]["targets"] == 2
+    # The kept push settled at its only user's ack, long before its ttl (60 s).
+    assert by_push[kept].event["data"]["recipients"]["acked"] == [u1]
+    await asyncio.sleep(1.5)
+    assert receiver.calls_to(theirs) == []
+    assert len(receiver.calls_to(mine)) == 2

@@ -81,8 +81,8 @@ async def test_ensure_started_honours_autostart(node: GatewayNode):
     try:
         await asyncio.gather(node.ensure_started(), node.ensure_started())
         assert node.running is True
-        # relay, housekeeping, webhooks, presence events, loop lag, consume: started once
-        assert len(node._tasks) == 6
+        # relay, housekeeping, webhooks, presence and settled events, loop lag, consume
+        assert len(node._tasks) == 7
     finally:
         await node.stop()
     assert node._tasks == []
