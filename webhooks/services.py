@@ -28,6 +28,7 @@ from webhooks.models import (
     DeliveryState,
     Endpoint,
     Event,
+    SettledPush,
 )
 from webhooks.signing import new_secret
 
@@ -169,3 +170,17 @@ def deliveries_redeliver(ids: Iterable[int], *, now: datetime | None = None) -> 
     return Delivery.objects.filter(id__in=list(ids)).update(
         state=DeliveryState.PENDING, next_attempt_at=now)
 
+
+
+
+def events_prune(*, before: datetime, dry_run: bool = False) -> int:
+    """Retention (``prunegateway``): events made before ``before`` with nothing left to
+    send (their deliveries go with them), and the settled-push claims as old; the number of
+    events. A pending delivery is never deleted: its retries end by themselves."""
+    old = Event.objects.filter(created_at__lt=before).exclude(
+        deliveries__state=DeliveryState.PENDING)
+    if dry_run:
+        return old.count()
+    SettledPush.objects.filter(settled_at__lt=before).delete()
+    _, per_model = Event.objects.filter(id__in=old.values("id")).delete()
+    return per_model.get(Event._meta.label, 0)

@@ -83,3 +83,26 @@ def test_a_viewer_cannot_redeliver(viewer: Client):
         "action": "redeliver", "_selected_action": [delivery.pk]})
     assert response.status_code == 403
     assert Delivery.objects.get().state == DeliveryState.FAILED
+
+
+def test_prunegateway_deletes_old_events_with_nothing_left_to_send():
+    import io
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from webhooks.models import Event
+
+    make_endpoint()
+    for _ in range(3):
+        services.event_emit(services.NewEvent(app="default", type="user.online",
+                                              data={"user": "u1", "at": 1, "sessions": 1}))
+    Event.objects.update(created_at=timezone.now() - timedelta(days=30))
+    sent, waiting, _ = Delivery.objects.order_by("id")
+    Delivery.objects.filter(id=sent.id).update(state=DeliveryState.DELIVERED)
+    Delivery.objects.filter(id=waiting.id).update(state=DeliveryState.FAILED)
+    out = io.StringIO()
+    call_command("prunegateway", "--push-days", "7", stdout=out)
+    assert "2 webhook event(s)" in out.getvalue()
+    assert list(Delivery.objects.values_list("state", flat=True)) == ["pending"]
