@@ -14,7 +14,15 @@ the README's first or second table, ``ALERTS`` in docs/monitoring.md's), then
 
 from __future__ import annotations
 
-from gateway_core.settings_table import Cidrs, Derived, Integer, Setting, SettingsGroup, Text
+from gateway_core.settings_table import (
+    Cidrs,
+    Derived,
+    Flag,
+    Integer,
+    Setting,
+    SettingsGroup,
+    Text,
+)
 
 CONTRACT = "contract"  # README's first table: the variables PROTOCOL.md section 4 names
 EXTRA = "extra"  # README's "beyond the contract" table
@@ -115,6 +123,30 @@ class GatewaySettings(SettingsGroup):
         docs=CONTRACT, shown="unset (any)",
         doc="browser origins allowed to open `/ws/`, e.g. `https://app.example.com`; others "
         "get 403 at the handshake; no `Origin` (not a browser): allowed",
+    )
+
+    settle_after_s = Setting(
+        Integer(minimum=0), env="GATEWAY_SETTLE_AFTER", django="GATEWAY_SETTLE_AFTER_S",
+        default=10, unit="s", docs=CONTRACT,
+        doc="a `ttl: 0` push's `push.settled` webhook is sent this long after it was published",
+    )
+    presence_debounce_s = Setting(
+        Integer(minimum=0), env="GATEWAY_PRESENCE_DEBOUNCE",
+        django="GATEWAY_PRESENCE_DEBOUNCE_S", default=5, unit="s", docs=CONTRACT,
+        doc="`user.offline` waits this long for a reconnect; a reconnect within it sends "
+        "neither `user.offline` nor `user.online`",
+    )
+    webhook_retry_hours = Setting(
+        Integer(minimum=0), env="GATEWAY_WEBHOOK_RETRY_HOURS",
+        django="GATEWAY_WEBHOOK_RETRY_HOURS", default=24, unit="h", docs=CONTRACT,
+        doc="a webhook call is retried (backoff from 1 s doubling to 10 min) this long, then "
+        "marked `failed`",
+    )
+    webhook_allow_private = Setting(
+        Flag(), env="GATEWAY_WEBHOOK_ALLOW_PRIVATE", django="GATEWAY_WEBHOOK_ALLOW_PRIVATE",
+        default=False, docs=CONTRACT,
+        doc="allow webhook URLs resolving to loopback, private, link-local or multicast "
+        "addresses (tests, a receiver on the same host); off in production",
     )
 
     api_rate_per_second = Setting(

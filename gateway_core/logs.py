@@ -151,5 +151,9 @@ def logging_config(*, node_id: str, level: str, log_format: str) -> dict[str, An
             "daphne": {"level": "WARNING"},
             # uvicorn logs every WebSocket handshake at INFO, query string (token) included.
             "uvicorn": {"level": "WARNING"},
+            # httpx logs every request at INFO: every webhook call, thousands a second.
+            # The outcomes are on each delivery and in the metrics.
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }

@@ -184,6 +184,58 @@ SESSION_FAILURES = Counter(
     [*_N, "where"], registry=REGISTRY,
 )
 
+# --- Webhooks (PROTOCOL.md section 7) ----------------------------------------------------
+WEBHOOK_CALLS = Counter(
+    "gateway_webhook_calls_total",
+    "Webhook calls this node made, by result: ok (2xx), status (another answer), timeout, "
+    "error (no answer: refused, reset), refused (the address may not be called).",
+    [*_N, "result"], registry=REGISTRY,
+)
+WEBHOOK_LATENCY = Histogram(
+    "gateway_webhook_call_seconds", "From sending a webhook call to its answer (or timeout).",
+    _N, registry=REGISTRY, buckets=(*_LATENCY_BUCKETS, 15),
+)
+WEBHOOK_FAILED = Counter(
+    "gateway_webhook_deliveries_failed_total",
+    "Webhook deliveries given up after GATEWAY_WEBHOOK_RETRY_HOURS of retries.", _N,
+    registry=REGISTRY,
+)
+WEBHOOK_EVENTS = Counter(
+    "gateway_webhook_events_total",
+    "Webhook events this node stored in the outbox, by type (one per transition or push, "
+    "however many endpoints want it).",
+    [*_NA, "type"], registry=REGISTRY,
+)
+WEBHOOK_BACKLOG = Gauge(
+    "gateway_webhook_backlog",
+    "Webhook deliveries not yet sent, cluster-wide (read from the database by each node).",
+    _N, registry=REGISTRY, multiprocess_mode="livemax",
+)
+WEBHOOK_OLDEST = Gauge(
+    "gateway_webhook_oldest_undelivered_age_seconds",
+    "Age of the oldest webhook delivery not yet sent, cluster-wide (0 when none waits).",
+    _N, registry=REGISTRY, multiprocess_mode="livemax",
+)
+WEBHOOK_FAILING = Gauge(
+    "gateway_webhook_endpoint_failing_seconds",
+    "Per API client, how long its longest-failing webhook endpoint has failed every call "
+    "(0: none failing).",
+    [*_N, "client"], registry=REGISTRY, multiprocess_mode="livemax",
+)
+RECIPIENT_OUTCOMES = Counter(
+    "gateway_push_recipient_outcomes_total",
+    "Targeted pushes' recipients by outcome once the push settled (acked, delivered, "
+    "offline, expired, dropped), per API client: acked / all is the client's ack ratio.",
+    [*_NA, "client", "outcome"], registry=REGISTRY,
+)
+TIME_TO_ACK = Histogram(
+    "gateway_push_time_to_ack_seconds",
+    "From a push's publication to a recipient's ack, per API client, observed when the "
+    "push settled.",
+    [*_NA, "client"], registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400),
+)
+
 FRAME_TYPES = ("ping", "ack", "bad", "bad_ack", "binary")
 SKIP_REASONS = ("no_local_session", "stale", "duplicate", "expired", "malformed", "failed")
 MESSAGE_KINDS = ("push", "control")

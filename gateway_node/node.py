@@ -45,6 +45,9 @@ from sessions_app.hub import Hub
 from sessions_app.recorder import SessionRecorder, dead_node_ids
 from sessions_app.registry import ChannelSession, SessionManager
 from sessions_app.selectors import app_loads, user_presence
+from webhooks.presence import PresenceWatcher
+from webhooks.sender import WebhookSender
+from webhooks.settled import SettleWatcher
 
 logger = logging.getLogger("gateway.node")
 T = TypeVar("T")
@@ -112,6 +115,18 @@ class GatewayNode:
         #: Requests the API refused, per client: the hot path's and (through the bridge) DRF's.
         self.rejections = RejectionCounter(node_id=self.node_id)
         self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
+        # Webhooks have a database thread of their own: the outbox's claims and writes never
+        # queue ahead of a push's (PROTOCOL.md section 7: no endpoint delays any push). Not
+        # on SQLite, which has one writer at a time: two threads writing would take turns by
+        # sleeping in SQLite's busy handler (milliseconds a turn), slower for both than
+        # taking turns on one thread.
+        self._webhook_executor = (
+            self._db_executor if connections["default"].vendor == "sqlite"
+            else ThreadPoolExecutor(1, thread_name_prefix="gateway-webhooks"))
+        self.webhooks = WebhookSender(node_id=self.node_id, db=self.webhook_db)
+        self.presence_events = PresenceWatcher(db=self.webhook_db,
+                                               on_emitted=self.webhooks.wake)
+        self.settled_events = SettleWatcher(db=self.webhook_db, on_emitted=self.webhooks.wake)
         # The API's pushes, stored by group commit on the database thread, then relayed.
         self.writer = PushWriter(db=self.db, submit=self.relay.submit, node_id=self.node_id)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -195,6 +210,13 @@ class GatewayNode:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db_executor, _with_fresh_connection, fn, args)
 
+    async def webhook_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the webhooks' database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._webhook_executor, _with_fresh_connection,
+            functools.partial(fn, **kwargs), args)
+
     async def ensure_started(self) -> None:
         if self.running or not self.autostart:
             return
@@ -210,6 +232,9 @@ class GatewayNode:
         await self.broker.start()
         self._spawn("relay", self.relay.run)
         self._spawn("housekeeping", self._housekeeping)
+        self._spawn("webhooks", self.webhooks.run)
+        self._spawn("presence-events", self.presence_events.run)
+        self._spawn("settled-events", self.settled_events.run)
         metrics.set_process(self.node_id, role=self.role,
                             connections_ceiling=gateway_settings.connections_ceiling)
         self._spawn("loop-lag", functools.partial(

@@ -66,6 +66,8 @@ INSTALLED_APPS = [
     "sessions_app",
     "push_app",
     "monitoring",
+    # Webhooks: endpoints, the outbox and its sender (above both apps).
+    "webhooks",
     # The operator console (its admin site is the one above) and prunegateway.
     "console",
     # The runtime: the node, its servers, rungateway and runconsumer.
@@ -210,6 +212,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "push_app.api.schema.fill_components",
+        "webhooks.api.schema.require_bodies",
     ],
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],

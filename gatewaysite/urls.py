@@ -7,6 +7,8 @@ from gateway_node import ops
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Before push_app's, whose last pattern answers every other /api/v1/ path with a 404.
+    path("api/v1/", include("webhooks.api.urls")),
     path("api/v1/", include("push_app.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

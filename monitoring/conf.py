@@ -65,6 +65,23 @@ class AlertSettings(SettingsGroup):
         doc="of the connections ceiling",
     )
 
+    webhook_failing_s = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_WEBHOOK_FAILING",
+        django="GATEWAY_ALERT_WEBHOOK_FAILING_S", default=300, unit="s", docs=ALERTS,
+        doc="a webhook endpoint whose every call failed this long fires",
+    )
+    ack_ratio_percent = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_ACK_RATIO", django="GATEWAY_ALERT_ACK_RATIO",
+        default=50, unit="%", docs=ALERTS,
+        doc="an API client whose delivered pushes were acked less than this, over the window, "
+        "fires",
+    )
+    ack_min = Setting(
+        Integer(minimum=1), env="GATEWAY_ALERT_ACK_MIN", django="GATEWAY_ALERT_ACK_MIN",
+        default=20, docs=ALERTS,
+        doc="deliveries of a client in the window below which its ack ratio is not judged",
+    )
+
     @property
     def latency_p99_s(self) -> float:
         return self.latency_p99_ms / 1000

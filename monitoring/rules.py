@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, Sum
 
 from monitoring.conf import AlertSettings
 from monitoring.models import Severity
 from push_app.models import PushDelivery, PushLog, PushStatus
 from sessions_app.models import Node, SessionRecord
 from sessions_app.selectors import alive_since, node_alive_q
+from webhooks.models import Endpoint
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,61 @@ class ConnectionsNearCeiling(BaseRule):
         ]
 
 
+class WebhookEndpointFailing(BaseRule):
+    """Every call to a webhook endpoint has failed for ``GATEWAY_ALERT_WEBHOOK_FAILING``
+    seconds (``Endpoint.failing_since``, set at a failure, cleared at a success)."""
+
+    name = "GatewayWebhookEndpointFailing"
+
+    def evaluate(self, *, now: datetime, cfg: AlertSettings) -> list[Finding]:
+        rows = Endpoint.objects.filter(
+            failing_since__lte=now - timedelta(seconds=cfg.webhook_failing_s)
+        ).select_related("client")
+        found = []
+        for endpoint in rows:
+            assert endpoint.failing_since is not None
+            failing_s = (now - endpoint.failing_since).total_seconds()
+            found.append(Finding(
+                subject=endpoint.id, value=round(failing_s),
+                summary=f"webhook endpoint {endpoint.url} of {endpoint.client.name} has failed "
+                        f"every call for {failing_s / 60:.0f} min",
+                details={"client": endpoint.client.name, "app": endpoint.app,
+                         "url": endpoint.url, "failing_since": endpoint.failing_since.isoformat()},
+            ))
+        return found
+
+
+class ClientAckRatioLow(BaseRule):
+    """An API client's pushes, delivered to connections in the window, were acked less than
+    ``GATEWAY_ALERT_ACK_RATIO`` % of the time (push log totals: ``acked / delivered``).
+    Clients that delivered fewer than ``GATEWAY_ALERT_ACK_MIN`` are not judged."""
+
+    name = "GatewayClientAckRatioLow"
+
+    def evaluate(self, *, now: datetime, cfg: AlertSettings) -> list[Finding]:
+        rows = (
+            PushLog.objects.filter(created_at__gte=now - timedelta(seconds=cfg.window_s),
+                                   created_at__lte=now, client__isnull=False)
+            .values("client__name", "app")
+            .annotate(delivered=Sum("delivered"), acked=Sum("acked"))
+        )
+        found = []
+        for row in rows:
+            delivered, acked = row["delivered"] or 0, row["acked"] or 0
+            if delivered < cfg.ack_min:
+                continue
+            ratio = acked / delivered
+            if ratio * 100 < cfg.ack_ratio_percent:
+                found.append(Finding(
+                    subject=row["client__name"], value=round(ratio, 3),
+                    summary=f"only {ratio:.0%} of {row['client__name']}'s {delivered} "
+                            f"deliveries in the last {cfg.window_s} s were acked "
+                            f"(threshold {cfg.ack_ratio_percent}%)",
+                    details={"app": row["app"], "delivered": delivered, "acked": acked},
+                ))
+        return found
+
+
 def percentile(samples: list[float], q: float) -> float:
     """The nearest-rank percentile (0 for no samples)."""
     if not samples:
@@ -267,5 +323,5 @@ def percentile(samples: list[float], q: float) -> float:
 
 RULES: tuple[BaseRule, ...] = (
     NodeDown(), RelayBacklog(), PushesFailed(), DeliveryStalled(), PushLatencyHigh(),
-    ConnectionsNearCeiling(),
+    ConnectionsNearCeiling(), WebhookEndpointFailing(), ClientAckRatioLow(),
 )

@@ -1,14 +1,35 @@
 #!/usr/bin/env python3
-"""A webhook receiver for trying alerts locally: prints every JSON POST it gets.
+"""A local webhook receiver: prints every JSON POST it gets.
 
-    python3 scripts/webhook_sink.py [PORT]      # listens on 127.0.0.1:PORT (9099)
+    python3 scripts/webhook_sink.py [PORT] [--secret whsec_...]    # 127.0.0.1:PORT (9099)
+
+Two kinds of calls, told apart by their headers:
+- the gateway's webhooks (docs/webhooks.md): the event's type, id and data, and with
+  ``--secret`` whether its ``Gateway-Signature`` verifies;
+- ``runalerts``' notices (Alertmanager's shape): status, alert and summary.
+Standard library only, so that it runs anywhere without the gateway's environment.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import hmac
 import json
-import sys
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+SECRET = ""
+
+
+def verify(secret: str, body: bytes, header: str, tolerance_s: int = 300) -> bool:
+    """The check docs/webhooks.md shows a receiver."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    t, sent = parts.get("t", ""), parts.get("v1", "")
+    if not t.isdigit() or abs(time.time() - int(t)) > tolerance_s:
+        return False
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, sent)
 
 
 class Sink(BaseHTTPRequestHandler):
@@ -16,13 +37,23 @@ class Sink(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
             notice = json.loads(body)
+        except ValueError:
+            print(f"(not JSON) {body[:200]!r}", flush=True)
+            notice = None
+        signature = self.headers.get("Gateway-Signature")
+        if signature is not None and isinstance(notice, dict):
+            checked = ""
+            if SECRET:
+                checked = " signature ok" if verify(SECRET, body, signature) else \
+                    " SIGNATURE DOES NOT VERIFY"
+            print(f"{notice.get('type')} {notice.get('id')}{checked}: "
+                  f"{json.dumps(notice.get('data'))}", flush=True)
+        elif isinstance(notice, dict):
             alert = (notice.get("alerts") or [{}])[0]
             labels = alert.get("labels", {})
             print(f"{notice.get('status', '?').upper():9} {labels.get('alertname')}"
                   f" node={labels.get('node')}: {alert.get('annotations', {}).get('summary')}",
                   flush=True)
-        except ValueError:
-            print(f"(not JSON) {body[:200]!r}", flush=True)
         self.send_response(204)
         self.end_headers()
 
@@ -31,6 +62,10 @@ class Sink(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 9099
-    print(f"webhook sink on http://127.0.0.1:{port}/", flush=True)
-    HTTPServer(("127.0.0.1", port), Sink).serve_forever()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port", nargs="?", type=int, default=9099)
+    parser.add_argument("--secret", default="", help="a webhook endpoint's signing secret")
+    args = parser.parse_args()
+    SECRET = args.secret
+    print(f"webhook sink on http://127.0.0.1:{args.port}/", flush=True)
+    HTTPServer(("127.0.0.1", args.port), Sink).serve_forever()

@@ -4,7 +4,8 @@
 
     gatewaysite            configuration: may import anything
     gateway_node, console  the runtime and the operator console: the apps and the base
-    monitoring             a reader of both apps' models
+    monitoring             a reader of both apps' models (and of webhooks' endpoints)
+    webhooks               endpoints, outbox and sender: reads both apps, beneath the runtime
     sessions_app, push_app the two apps: neither imports the other
     gateway_core           the shared base: imports no project package
 
@@ -22,16 +23,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("gateway_core", "sessions_app", "push_app", "monitoring", "console",
+PACKAGES = ("gateway_core", "sessions_app", "push_app", "webhooks", "monitoring", "console",
             "gateway_node", "gatewaysite")
 SKIPPED_DIRS = {"tests", "bench", "migrations", ".venv", "node_modules", "static"}
 
 #: What each package must never import.
 FORBIDDEN: dict[str, set[str]] = {
-    "gateway_core": {"sessions_app", "push_app", "monitoring", "console", "gateway_node",
+    "gateway_core": {"sessions_app", "push_app", "webhooks", "monitoring", "console",
+                     "gateway_node", "gatewaysite"},
+    "sessions_app": {"push_app", "webhooks", "monitoring", "console", "gateway_node",
                      "gatewaysite"},
-    "sessions_app": {"push_app", "monitoring", "console", "gateway_node", "gatewaysite"},
-    "push_app": {"sessions_app", "monitoring", "console", "gateway_node", "gatewaysite"},
+    "push_app": {"sessions_app", "webhooks", "monitoring", "console", "gateway_node",
+                 "gatewaysite"},
+    "webhooks": {"monitoring", "console", "gateway_node", "gatewaysite"},
     "monitoring": {"console", "gateway_node", "gatewaysite"},
     "console": {"gateway_node", "gatewaysite"},
     "gateway_node": {"gatewaysite"},
@@ -126,7 +130,8 @@ def test_every_package_is_read():
     assert all(counts.values()), counts
     # Not vacuous: the layers above do import the layers below.
     assert "gateway_core" in graph["sessions_app"] and "gateway_core" in graph["push_app"]
-    assert {"sessions_app", "push_app"} <= set(graph["gateway_node"])
+    assert {"sessions_app", "push_app", "webhooks"} <= set(graph["gateway_node"])
+    assert {"sessions_app", "push_app"} <= set(graph["webhooks"])
 
 
 def test_the_layering_holds():

@@ -81,7 +81,8 @@ async def test_ensure_started_honours_autostart(node: GatewayNode):
     try:
         await asyncio.gather(node.ensure_started(), node.ensure_started())
         assert node.running is True
-        assert len(node._tasks) == 4  # relay, housekeeping, loop lag, consume: started once
+        # relay, housekeeping, webhooks, presence and settled events, loop lag, consume
+        assert len(node._tasks) == 7
     finally:
         await node.stop()
     assert node._tasks == []

@@ -1,4 +1,4 @@
-"""``manage.py prunegateway``: retention for push logs, sessions and dead nodes.
+"""``manage.py prunegateway``: retention for push logs, webhook events, sessions and dead nodes.
 
 Run it daily (cron or a systemd timer: docs/console.md). Defaults come from
 ``GATEWAY_RETENTION_PUSH_DAYS`` and ``GATEWAY_RETENTION_SESSION_DAYS`` (7 each); 0 keeps
@@ -16,6 +16,7 @@ from django.utils import timezone
 from gateway_core.conf import gateway_settings
 from push_app.services import push_logs_prune, rejections_prune
 from sessions_app.services import nodes_prune, sessions_prune
+from webhooks.services import events_prune
 
 
 class Command(BaseCommand):
@@ -58,8 +59,10 @@ class Command(BaseCommand):
                                                batch_size=max(1, batch_size), dry_run=dry_run)
             rejections = rejections_prune(before=now - timedelta(days=push_days),
                                           dry_run=dry_run)
+            events = events_prune(before=now - timedelta(days=push_days), dry_run=dry_run)
             parts.append(f"{logs} push log(s) older than {push_days} d "
                          f"({deliveries} delivery row(s), {rejections} rejection count(s))")
+            parts.append(f"{events} webhook event(s) older than {push_days} d")
         if session_days:
             n = sessions_prune(closed_before=now - timedelta(days=session_days),
                                batch_size=max(1, batch_size), dry_run=dry_run)
