@@ -11,6 +11,7 @@ import functools
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from gateway_core import metrics
 from gateway_core.metrics import REGISTRY
 
 _N = ["node"]
@@ -62,9 +63,40 @@ class RoutingMetrics:
             child = self._routed[to] = ROUTED.labels(self.node_id, to)
         child.inc(amount)
 
+    def figures(self, mode: str) -> dict[str, object]:
+        """This process's routing figures since it started, for the node's row
+        (``Node.routing``, shown by the console)."""
+        node = metrics.bound(self.node_id)
+        lookups = _samples(LOOKUP_SECONDS, self.node_id)
+        count, total = lookups.get("_count", 0.0), lookups.get("_sum", 0.0)
+        return {
+            "mode": mode,
+            "read": int(_value(node.consumed["push"])),
+            "not_held": int(_value(node.skipped["no_local_session"])),
+            "routed": {to: int(_value(child)) for to, child in sorted(self._routed.items())},
+            **{how: int(_value(child)) for how, child in self.outcomes.items()},
+            "map_connections": int(_value(self.size)),
+            "lookups": int(count),
+            "lookup_ms": round(total / count * 1000, 3) if count else None,
+        }
+
     def mode(self, mode: str) -> None:
         for name in ("broadcast", "routed"):
             ROUTING_MODE.labels(self.node_id, name).set(1 if name == mode else 0)
+
+
+def _value(child: object) -> float:
+    return float(child._value.get())  # type: ignore[attr-defined]
+
+
+def _samples(histogram: Histogram, node_id: str) -> dict[str, float]:
+    """``_count`` and ``_sum`` of one node's child of ``histogram``."""
+    found: dict[str, float] = {}
+    for family in histogram.collect():
+        for sample in family.samples:
+            if sample.labels.get("node") == node_id and sample.name.endswith(("_count", "_sum")):
+                found[sample.name[len(family.name):]] = sample.value
+    return found
 
 
 @functools.cache

@@ -306,6 +306,8 @@ class GatewayNode:
     async def record(self, *, now: float, stopping: bool = False) -> None:
         snapshot = self.recorder.snapshot(self.registry, now=now, stopping=stopping,
                                           push_rates=self.app_limits.beat())
+        if self.routing is not None:
+            snapshot.routing = self.routing.figures()
         await self.db(self.recorder.write, snapshot)
 
     async def stop(self) -> None:

@@ -115,6 +115,14 @@ class NodeRouting:
             await self.presence.forget(old, app=session.app_id, user=session.user_id)
         return len(excess)
 
+    def figures(self) -> dict[str, Any]:
+        """What the node's row shows of routing (``Node.routing``, the console)."""
+        try:
+            mode = routing_mode()
+        except Exception:
+            mode = "?"
+        return self.metrics.figures(mode)
+
     async def start(self) -> None:
         """The node's first beat: its marker exists before it takes a connection."""
         self.metrics.mode(routing_mode())
