@@ -6,6 +6,8 @@ push-to-frame latency; delivered counts and loss. One JSON line per (N, mode).
         --database-url postgres://postgres@127.0.0.1:5440/postgres \
         --redis-url redis://127.0.0.1:6390/0 [--broker redis|rocketmq] \
         [--rocketmq-endpoint 127.0.0.1:8081] [--out bench/results/routed.jsonl]
+    python -m bench.routed --report bench/results/routed.jsonl \
+        --chart docs/images/routed-scaling.png     # the Markdown table and the chart
 
 Each (N, mode) gets a fresh PostgreSQL database (created, migrated, dropped), a Redis
 stream and presence map of its own (``GATEWAY_ROCKETMQ_TOPIC``, redis broker), and new node
@@ -162,8 +164,57 @@ async def measure(gws: list[GatewayProcess], *, key: str, mode: str, users: int,
     }
 
 
+def table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of docs/performance.md, one line per (broker, N, mode)."""
+    lines = [
+        "| broker | N | mode | pushes | delivered | loss | read per node (max share) "
+        "| not held per node | CPU % per node (mean) | latency p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lat = r["latency_ms"]
+        lines.append(
+            f"| {r['broker']} | {r['nodes']} | {r['mode']} | {r['pushes_sent']} "
+            f"| {r['delivered']} | {r['loss']} "
+            f"| {', '.join(map(str, r['read_per_node']))} ({r['max_read_share']:.2f}) "
+            f"| {', '.join(map(str, r['not_held_per_node']))} "
+            f"| {', '.join(map(str, r['cpu_pct_per_node']))} ({r['cpu_pct_mean']}) "
+            f"| {lat['p50']} / {lat['p99']} |")
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict[str, Any]], path: str) -> None:
+    """Share of the cluster's pushes the busiest node read, and mean CPU per node, against N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for mode, style in (("broadcast", "o-"), ("routed", "s-")):
+        points = sorted((r["nodes"], r) for r in rows if r["mode"] == mode)
+        if not points:
+            continue
+        ns = [n for n, _ in points]
+        left.plot(ns, [r["max_read_share"] for _, r in points], style, label=mode)
+        right.plot(ns, [r["cpu_pct_mean"] for _, r in points], style, label=mode)
+    ns = sorted({r["nodes"] for r in rows})
+    left.plot(ns, [1.2 / n for n in ns], ":", color="grey", label="target 1.2/N")
+    left.set(xlabel="nodes (N)", ylabel="share of the targeted pushes read",
+             title="Busiest node's broker reads", ylim=(0, 1.1), xticks=ns)
+    right.set(xlabel="nodes (N)", ylabel="CPU % of one core", title="Mean CPU per node",
+              xticks=ns)
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.routed")
+    parser.add_argument("--report", default="", help="a JSON-lines file of earlier runs: print "
+                        "its table (and with --chart, draw it) instead of running")
+    parser.add_argument("--chart", default="")
     parser.add_argument("--nodes", default="2,4,6")
     parser.add_argument("--modes", default="broadcast,routed")
     parser.add_argument("--users", type=int, default=6000)
@@ -171,16 +222,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--broker", choices=["redis", "rocketmq"], default="redis")
     parser.add_argument("--rocketmq-endpoint", default="127.0.0.1:8081")
-    parser.add_argument("--database-url", required=True,
+    parser.add_argument("--database-url", default="",
                         help="a PostgreSQL server's admin URL; a database per run is made")
-    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--redis-url", default="")
     parser.add_argument("--out", default="", help="append each JSON line to this file too")
     args = parser.parse_args(argv)
+    if args.report:
+        rows = [json.loads(line) for line in Path(args.report).read_text().splitlines()
+                if line.strip()]
+        print(table(rows))
+        if args.chart:
+            chart(rows, args.chart)
+        return
+    # The load client sends no heartbeat: connecting 6,000 users takes about a minute here,
+    # so the first ones would pass the default 60 s timeout (4008) during the run.
     env = {"GATEWAY_BROKER": args.broker, "REDIS_URL": args.redis_url,
-           "GATEWAY_NODE_TIMEOUT": "10"}
+           "GATEWAY_NODE_TIMEOUT": "10", "GATEWAY_HEARTBEAT_TIMEOUT": "3600"}
     if args.broker == "rocketmq":
         env.update(GATEWAY_ROCKETMQ_ENDPOINT=args.rocketmq_endpoint,
                    GATEWAY_ROCKETMQ_TOPIC="gateway-push")
+    if not (args.database_url and args.redis_url):
+        parser.error("--database-url and --redis-url are needed to run")
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-routed-"))
     for nodes in (int(x) for x in args.nodes.split(",")):
         for mode in args.modes.split(","):

@@ -25,7 +25,7 @@ Guarantees:
 - ``remove`` is queued and written within a beat: a publisher may still route a push to a
   node whose user just left (the push is read and not held there), never the reverse.
 - Lookups read Redis every time (nothing cached): a connection added before a lookup is
-  found by it.
+  found by it. A lookup is one pipelined round trip for any number of users.
 """
 
 from __future__ import annotations
@@ -282,28 +282,38 @@ class PresenceMap:
                                                                       list[Connection]],
                                                                  dict[str, str]]:
         """The live connections of each ``(app, user)``, oldest first, and the live
-        markers of the nodes met (plus ``also_nodes``): two round trips, whatever the
-        number of users."""
+        markers of the nodes met (plus ``also_nodes``). One pipelined round trip when
+        every node met is in ``also_nodes`` (the router passes the live nodes), a second
+        one for the markers of nodes it did not name."""
         started = time.perf_counter()
         keys = list(dict.fromkeys(users))
+        asked = sorted(set(also_nodes))
         redis = self._redis()
         raw: list[Any] = []
-        if keys:
+        live: dict[str, str] = {}
+        if keys or asked:
             pipe = redis.pipeline(transaction=False)
             for app, user in keys:
                 pipe.zrange(self.keys.user(app, user), 0, -1, withscores=True)
-            raw = await self._run(pipe.execute())
+            for node in asked:
+                pipe.hget(self.keys.node(node), "incarnation")
+            answers = await self._run(pipe.execute())
+            raw = answers[:len(keys)]
+            live = {node: _text(v) for node, v in zip(asked, answers[len(keys):], strict=True)
+                    if v is not None}
         parsed: list[list[tuple[str, str, str, float, Any]]] = []
-        nodes = set(also_nodes)
+        unasked: set[str] = set()
         for members in raw:
             entries = []
             for member, score in members:
                 node, _, rest = _text(member).partition(SEP)
                 incarnation, _, session_id = rest.partition(SEP)
                 entries.append((node, incarnation, session_id, float(score), member))
-                nodes.add(node)
+                if node not in asked:
+                    unasked.add(node)
             parsed.append(entries)
-        live = await self.markers(sorted(nodes))
+        if unasked:
+            live.update(await self.markers(sorted(unasked)))
         found: dict[tuple[str, str], list[Connection]] = {}
         stale: list[tuple[str, Any]] = []
         for key, entries in zip(keys, parsed, strict=True):
