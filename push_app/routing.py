@@ -22,7 +22,7 @@ from typing import Protocol
 
 from gateway_core import routing_metrics
 from gateway_core.messages import ControlMessage, Message, PushMessage
-from gateway_core.presence_map import Connection, PresenceUnavailable
+from gateway_core.presence_map import PresenceUnavailable
 
 logger = logging.getLogger("gateway.routing")
 
@@ -41,10 +41,10 @@ class Router(Protocol):
 
 
 class PresenceLookup(Protocol):
-    """What the router reads of the presence map (``PresenceMap.lookup``)."""
+    """What the router reads of the presence map (``PresenceMap.holders``)."""
 
-    async def lookup(self, users: Iterable[tuple[str, str]], *, also_nodes: Iterable[str] = ()
-                     ) -> tuple[dict[tuple[str, str], list[Connection]], dict[str, str]]: ...
+    async def holders(self, users: Iterable[tuple[str, str]], *, also_nodes: Iterable[str] = ()
+                      ) -> tuple[dict[tuple[str, str], set[str]], dict[str, str]]: ...
 
 
 class PresenceRouter:
@@ -71,7 +71,7 @@ class PresenceRouter:
             return self._broadcast(batch, "broadcast")
         live = set(self.live_nodes())
         try:
-            found, markers = await self.presence.lookup(
+            found, markers = await self.presence.holders(
                 ((m.app, user) for m in targeted for user in m.users or ()), also_nodes=live)
         except PresenceUnavailable as exc:
             return self._fall_back(batch, f"presence map unreachable: {exc}")
@@ -94,7 +94,7 @@ class PresenceRouter:
             if message.users is None:
                 broadcast.append(message)
                 continue
-            holders = {c.node for user in message.users for c in found[(message.app, user)]}
+            holders = {node for user in message.users for node in found[(message.app, user)]}
             if not holders:
                 self.metrics.outcomes["unheld"].inc()
             else:

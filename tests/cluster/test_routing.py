@@ -60,6 +60,11 @@ async def test_the_presence_map_in_redis() -> None:
             ("n1", "s1"), ("n2", "s2")]
         assert found[("default", "u2")] == []
         assert markers == {"n1": "i1", "n2": "i1"}
+        # What routing reads: the holding nodes only, in one round trip.
+        held, _ = await one.holders([("default", "u1"), ("shop", "u1"), ("default", "u2")],
+                                    also_nodes=["n1"])
+        assert held == {("default", "u1"): {"n1", "n2"}, ("shop", "u1"): {"n2"},
+                        ("default", "u2"): set()}
         assert await one.cluster_size() == 1  # n2's marker counts at its next beat
         await two.beat(lambda: [LocalSession("default", "u1", "s2", 2.0),
                                 LocalSession("shop", "u1", "s3", 3.0)])
@@ -73,6 +78,7 @@ async def test_the_presence_map_in_redis() -> None:
         # n2 dies: once its marker is gone, its connections are gone from lookups (and
         # removed from Redis by the lookup that met them).
         await client.delete(two.keys.node("n2"))
+        assert (await one.holders([("shop", "u1")]))[0] == {("shop", "u1"): set()}
         assert await one.connections("shop", "u1") == []
         assert await client.zcard(two.keys.user("shop", "u1")) == 0
 

@@ -53,6 +53,11 @@ class FakePresence:
                  for key in users}
         return found, dict(self.marked)
 
+    async def holders(self, users: Iterable[tuple[str, str]], *, also_nodes: Iterable[str] = ()
+                      ) -> tuple[dict[tuple[str, str], set[str]], dict[str, str]]:
+        found, marked = await self.lookup(users, also_nodes=also_nodes)
+        return {key: {c.node for c in conns} for key, conns in found.items()}, marked
+
     async def connections(self, app: str, user: str) -> list[Connection]:
         found, _ = await self.lookup([(app, user)])
         return found[(app, user)]
