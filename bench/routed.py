@@ -191,13 +191,20 @@ def chart(rows: list[dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for mode, style in (("broadcast", "o-"), ("routed", "s-")):
-        points = sorted((r["nodes"], r) for r in rows if r["mode"] == mode)
-        if not points:
-            continue
-        ns = [n for n, _ in points]
-        left.plot(ns, [r["max_read_share"] for _, r in points], style, label=mode)
-        right.plot(ns, [r["cpu_pct_mean"] for _, r in points], style, label=mode)
+    brokers = sorted({r["broker"] for r in rows})
+    for broker in brokers:
+        for mode, style in (("broadcast", "o-"), ("routed", "s-")):
+            points = sorted(((r["nodes"], r) for r in rows
+                             if r["mode"] == mode and r["broker"] == broker),
+                            key=lambda point: point[0])
+            if not points:
+                continue
+            if broker != brokers[0]:
+                style = style.replace("-", "--")
+            label = f"{broker} {mode}" if len(brokers) > 1 else mode
+            ns = [n for n, _ in points]
+            left.plot(ns, [r["max_read_share"] for _, r in points], style, label=label)
+            right.plot(ns, [r["cpu_pct_mean"] for _, r in points], style, label=label)
     ns = sorted({r["nodes"] for r in rows})
     left.plot(ns, [1.2 / n for n in ns], ":", color="grey", label="target 1.2/N")
     left.set(xlabel="nodes (N)", ylabel="share of the targeted pushes read",
