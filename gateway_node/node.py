@@ -106,8 +106,8 @@ class GatewayNode:
         self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
         #: Routed delivery (presence map, router, cluster-wide cap): with ``REDIS_URL``.
         self.routing: NodeRouting | None = None
+        routing_mode()  # a bad GATEWAY_ROUTING (or routed without REDIS_URL) stops the node
         if gateway_settings.redis_url:
-            routing_mode()  # a bad GATEWAY_ROUTING stops the node here
             self.routing = NodeRouting(
                 node_id=self.node_id, registry=self.registry, hub=self.hub, db=self.db,
                 submit=self.submit, started_at=self.started_at)

@@ -277,3 +277,13 @@ async def test_a_replace_order_closes_the_named_session_with_4009():
                                           session_ids=("s9",), reason="", issued_ms=0,
                                           node="n2"))
     assert closed == [("s9", CloseCode.REPLACED)]
+
+
+def test_a_node_refuses_to_route_without_redis():
+    from gateway_node.node import GatewayNode
+
+    with (override_settings(REDIS_URL="", GATEWAY_ROUTING="routed"),
+          pytest.raises(ImproperlyConfigured, match="needs REDIS_URL")):
+        GatewayNode(role="all", broker=LocalBroker(node_id="x"))
+    with override_settings(REDIS_URL="", GATEWAY_ROUTING=""):
+        assert GatewayNode(role="all", broker=LocalBroker(node_id="x")).routing is None
