@@ -7,10 +7,12 @@ RocketMQ stores no keyed state. Layout (prefix ``gateway:presence:<topic>:``, ``
 - ``u:<app>:<user>``: a sorted set of the user's connections across the cluster, member
   ``<node>\\x1f<incarnation>\\x1f<session id>``, score = connected at (epoch s). Oldest first
   is what the cluster-wide per-user cap closes.
-- ``n:<node>``: the node's marker, a hash ``{incarnation, sessions}`` that expires after
-  ``GATEWAY_NODE_TIMEOUT`` unless the node beats. A connection counts only while its node's
-  marker names the member's incarnation: a dead node's users vanish from lookups once its
-  marker expires, and a restarted node's old connections (another incarnation) at once.
+- ``n:<node>``: the node's markers, a hash of ``incarnation: "<beat ms>:<sessions>"``, one
+  field per process of the node (a split node may run several web processes under one node
+  id), renewed every second. A connection counts only while its incarnation's beat is
+  younger than ``GATEWAY_NODE_TIMEOUT``: a dead process's users vanish from lookups within
+  the node timeout, at once when it stopped cleanly (``leave``). Beats are compared with the
+  reader's wall clock, as the database's node beats are.
   Stale members are removed lazily by the lookups that meet them.
 - ``nodes``: the set of node ids that wrote a marker (for the map's size).
 
@@ -62,6 +64,12 @@ def routing_mode() -> str:
         raise ImproperlyConfigured(
             "GATEWAY_ROUTING=routed needs REDIS_URL: the presence map lives in Redis")
     return mode
+
+
+def _beat(value: Any) -> tuple[int, int]:
+    """``(beat ms, sessions)`` of one marker field."""
+    beat, _, sessions = _text(value).partition(":")
+    return int(beat), int(sessions or 0)
 
 
 #: ``holders``: per user key, the distinct ``node SEP incarnation`` of its members, joined by
@@ -208,12 +216,14 @@ class PresenceMap:
             raise
 
     async def beat(self, sessions: Callable[[], Iterable[LocalSession]]) -> None:
-        """Renew this node's marker; first re-add every session it holds if the map may
-        lack some (the node's start, an outage, a Redis restart that lost the marker)."""
+        """Renew this process's marker; first re-add every session it holds if the map may
+        lack some (the process's start, an outage, a Redis restart that lost the marker)."""
         redis = self._redis()
         await self.flush()
-        marker = await self._run(redis.hget(self.keys.node(self.node_id), "incarnation"))
-        if self.dirty or marker is None or _text(marker) != self.incarnation:
+        marker = await self._run(redis.hget(self.keys.node(self.node_id), self.incarnation))
+        now_ms = int(self.clock() * 1000)
+        fresh = marker is not None and now_ms - _beat(marker)[0] <= self.node_timeout_s * 1000
+        if self.dirty or not fresh:
             held = list(sessions())
             for start in range(0, len(held), self.resync_chunk):
                 pipe = redis.pipeline(transaction=False)
@@ -228,33 +238,54 @@ class PresenceMap:
         else:
             count = sum(1 for _ in sessions())
         pipe = redis.pipeline(transaction=False)
-        pipe.hset(self.keys.node(self.node_id),
-                  mapping={"incarnation": self.incarnation, "sessions": count})
+        pipe.hset(self.keys.node(self.node_id), self.incarnation,
+                  f"{int(self.clock() * 1000)}:{count}")
         pipe.expire(self.keys.node(self.node_id), self.node_timeout_s)
         pipe.sadd(self.keys.nodes, self.node_id)
         await self._run(pipe.execute())
         self.size = await self.cluster_size()
         self.metrics.size.set(self.size)
 
+    async def _fields(self, nodes: list[str]) -> list[dict[Any, Any]]:
+        pipe = self._redis().pipeline(transaction=False)
+        for node in nodes:
+            pipe.hgetall(self.keys.node(node))
+        return list(await self._run(pipe.execute()))
+
+    def _live(self, fields: dict[Any, Any]) -> dict[str, int]:
+        """``incarnation: sessions`` of the fields that beat within the node timeout."""
+        oldest = int(self.clock() * 1000) - self.node_timeout_s * 1000
+        live = {}
+        for incarnation, value in fields.items():
+            beat, count = _beat(value)
+            if beat >= oldest:
+                live[_text(incarnation)] = count
+        return live
+
     async def cluster_size(self) -> int:
-        """Connections in the map, summed over the live nodes' markers."""
+        """Connections in the map, summed over the live markers."""
         redis = self._redis()
         nodes = [_text(n) for n in await self._run(redis.smembers(self.keys.nodes))]
         if not nodes:
             return 0
-        pipe = redis.pipeline(transaction=False)
-        for node in nodes:
-            pipe.hget(self.keys.node(node), "sessions")
-        counts = await self._run(pipe.execute())
-        gone = [node for node, count in zip(nodes, counts, strict=True) if count is None]
+        total = 0
+        gone = []
+        for node, fields in zip(nodes, await self._fields(nodes), strict=True):
+            live = self._live(fields)
+            total += sum(live.values())
+            if not fields:
+                gone.append(node)
+            elif len(live) < len(fields):
+                stale = [f for f in fields if _text(f) not in live]
+                await self._run(redis.hdel(self.keys.node(node), *stale))
         if gone:
             await self._run(redis.srem(self.keys.nodes, *gone))
-        return sum(int(count) for count in counts if count is not None)
+        return total
 
     async def leave(self) -> None:
-        """This node stops: its marker goes at once (its sessions are already removed)."""
+        """This process stops: its marker goes at once (its sessions are already removed)."""
         await self.flush()
-        await self._run(self._redis().delete(self.keys.node(self.node_id)))
+        await self._run(self._redis().hdel(self.keys.node(self.node_id), self.incarnation))
 
     async def run(self, sessions: Callable[[], Iterable[LocalSession]]) -> None:
         """Beat every ``beat_s`` until cancelled; survive Redis outages."""
@@ -283,21 +314,25 @@ class PresenceMap:
             await client.aclose()
 
     # --- reads ----------------------------------------------------------------------
-    async def markers(self, nodes: Iterable[str]) -> dict[str, str]:
-        """``node: incarnation`` for those of ``nodes`` whose marker is alive."""
+    async def markers(self, nodes: Iterable[str]) -> dict[str, set[str]]:
+        """``node: its live incarnations`` for those of ``nodes`` with a live marker."""
         nodes = list(nodes)
         if not nodes:
             return {}
-        pipe = self._redis().pipeline(transaction=False)
-        for node in nodes:
-            pipe.hget(self.keys.node(node), "incarnation")
-        values = await self._run(pipe.execute())
-        return {node: _text(v) for node, v in zip(nodes, values, strict=True) if v is not None}
+        return self._markers(nodes, await self._fields(nodes))
+
+    def _markers(self, nodes: list[str], fields: list[dict[Any, Any]]) -> dict[str, set[str]]:
+        found = {}
+        for node, values in zip(nodes, fields, strict=True):
+            live = self._live(values)
+            if live:
+                found[node] = set(live)
+        return found
 
     async def lookup(self, users: Iterable[tuple[str, str]],
                      *, also_nodes: Iterable[str] = ()) -> tuple[dict[tuple[str, str],
                                                                       list[Connection]],
-                                                                 dict[str, str]]:
+                                                                 dict[str, set[str]]]:
         """The live connections of each ``(app, user)``, oldest first, and the live
         markers of the nodes met (plus ``also_nodes``). One pipelined round trip when
         every node met is in ``also_nodes`` (the router passes the live nodes), a second
@@ -307,17 +342,16 @@ class PresenceMap:
         asked = sorted(set(also_nodes))
         redis = self._redis()
         raw: list[Any] = []
-        live: dict[str, str] = {}
+        live: dict[str, set[str]] = {}
         if keys or asked:
             pipe = redis.pipeline(transaction=False)
             for app, user in keys:
                 pipe.zrange(self.keys.user(app, user), 0, -1, withscores=True)
             for node in asked:
-                pipe.hget(self.keys.node(node), "incarnation")
+                pipe.hgetall(self.keys.node(node))
             answers = await self._run(pipe.execute())
             raw = answers[:len(keys)]
-            live = {node: _text(v) for node, v in zip(asked, answers[len(keys):], strict=True)
-                    if v is not None}
+            live = self._markers(asked, answers[len(keys):])
         parsed: list[list[tuple[str, str, str, float, Any]]] = []
         unasked: set[str] = set()
         for members in raw:
@@ -336,7 +370,7 @@ class PresenceMap:
         for key, entries in zip(keys, parsed, strict=True):
             connections = []
             for node, incarnation, session_id, score, member in entries:
-                if live.get(node) == incarnation:
+                if incarnation in live.get(node, ()):
                     connections.append(Connection(node, session_id, score))
                 else:
                     stale.append((self.keys.user(*key), member))
@@ -353,7 +387,7 @@ class PresenceMap:
     async def holders(self, users: Iterable[tuple[str, str]],
                       *, also_nodes: Iterable[str] = ()) -> tuple[dict[tuple[str, str],
                                                                        set[str]],
-                                                                  dict[str, str]]:
+                                                                  dict[str, set[str]]]:
         """The live nodes holding each ``(app, user)``, and the live markers of the nodes
         met (plus ``also_nodes``): what routing needs, in one round trip (a server-side
         script over every user's set, and the markers in the same pipeline)."""
@@ -367,11 +401,10 @@ class PresenceMap:
             # the compiled script, and its text is a few hundred bytes.
             pipe.eval(HOLDERS_SCRIPT, len(keys), *[self.keys.user(a, u) for a, u in keys])
         for node in asked:
-            pipe.hget(self.keys.node(node), "incarnation")
+            pipe.hgetall(self.keys.node(node))
         answers = await self._run(pipe.execute()) if keys or asked else []
         per_user = answers[0] if keys else []
-        markers = answers[1:] if keys else answers
-        live = {node: _text(v) for node, v in zip(asked, markers, strict=True) if v is not None}
+        live = self._markers(asked, answers[1:] if keys else answers)
         pairs: list[list[tuple[str, str]]] = []
         unasked: set[str] = set()
         for joined in per_user:
@@ -386,7 +419,7 @@ class PresenceMap:
         for key, held in zip(keys, pairs, strict=True):
             nodes = set()
             for node, incarnation in held:
-                if live.get(node) == incarnation:
+                if incarnation in live.get(node, ()):
                     nodes.add(node)
                 else:
                     stale.append(key)

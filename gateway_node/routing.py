@@ -102,11 +102,12 @@ class NodeRouting:
         excess = [c for c in connections if c.session_id != session.session_id]
         excess = excess[:max(0, len(connections) - cap)]
         for old in excess:
-            if old.node == self.node_id:
-                local = self.registry.get(old.session_id)
-                if local is not None:
-                    await self.hub.close(local, CloseCode.REPLACED)
+            local = self.registry.get(old.session_id) if old.node == self.node_id else None
+            if local is not None:
+                await self.hub.close(local, CloseCode.REPLACED)
             else:
+                # Another node, or another web process of this one (a split node): the
+                # order goes to that node's destination, and the process holding it acts.
                 self.submit(ControlMessage(
                     id=uuid.uuid4().hex, action="replace", users=(),
                     session_ids=(old.session_id,),

@@ -44,7 +44,7 @@ class PresenceLookup(Protocol):
     """What the router reads of the presence map (``PresenceMap.holders``)."""
 
     async def holders(self, users: Iterable[tuple[str, str]], *, also_nodes: Iterable[str] = ()
-                      ) -> tuple[dict[tuple[str, str], set[str]], dict[str, str]]: ...
+                      ) -> tuple[dict[tuple[str, str], set[str]], dict[str, set[str]]]: ...
 
 
 class PresenceRouter:

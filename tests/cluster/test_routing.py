@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -59,7 +60,7 @@ async def test_the_presence_map_in_redis() -> None:
         assert [(c.node, c.session_id) for c in found[("default", "u1")]] == [
             ("n1", "s1"), ("n2", "s2")]
         assert found[("default", "u2")] == []
-        assert markers == {"n1": "i1", "n2": "i1"}
+        assert markers == {"n1": {"i1"}, "n2": {"i1"}}
         # What routing reads: the holding nodes only, in one round trip.
         held, _ = await one.holders([("default", "u1"), ("shop", "u1"), ("default", "u2")],
                                     also_nodes=["n1"])
@@ -82,12 +83,22 @@ async def test_the_presence_map_in_redis() -> None:
         assert await one.connections("shop", "u1") == []
         assert await client.zcard(two.keys.user("shop", "u1")) == 0
 
-        # n1 restarts under the same id: the old incarnation's connections do not count.
-        again = PresenceMap(url=redis_url(), node_id="n1", incarnation="i2",
+        # A second process of n1 (a split node's other web process): both count.
+        other = PresenceMap(url=redis_url(), node_id="n1", incarnation="i2",
                             node_timeout_s=30, topic=topic)
-        await again.beat(lambda: [])
-        assert await one.connections("default", "u1") == []
-        await again.close()
+        await other.beat(lambda: [LocalSession("default", "u1", "s9", 9.0)])
+        await other.add(app="default", user="u1", session_id="s9", connected_at=9.0)
+        assert [c.session_id for c in await one.connections("default", "u1")] == ["s1", "s9"]
+        # A process that stops beating counts no more past the node timeout (a reader whose
+        # clock is 31 s ahead); one that stops cleanly, at once.
+        ahead = PresenceMap(url=redis_url(), node_id="reader", incarnation="x",
+                            node_timeout_s=30, topic=topic)
+        ahead.clock = lambda: time.time() + 31
+        assert await ahead.markers(["n1"]) == {}
+        await ahead.close()
+        await other.leave()
+        await other.close()
+        assert [c.session_id for c in await one.connections("default", "u1")] == ["s1"]
 
         # Redis loses everything (a restart without persistence): the node's next beat
         # re-adds every session it holds before its marker comes back.

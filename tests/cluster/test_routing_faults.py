@@ -222,6 +222,7 @@ async def test_redis_restarted_under_a_routed_cluster(broker: str, make_cluster)
             # Every node re-adds its sessions: the map holds the four clients again.
             for name in "ab":
                 await map_refilled(cluster.nodes[name], at_least=4)
+            await asyncio.sleep(1.5)  # routed again, pushes still flowing
             await fleet.all_delivered()
     finally:
         cluster.stop_all()

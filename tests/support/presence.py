@@ -46,15 +46,15 @@ class FakePresence:
         entries[:] = [c for c in entries if c != connection]
 
     async def lookup(self, users: Iterable[tuple[str, str]], *, also_nodes: Iterable[str] = ()
-                     ) -> tuple[dict[tuple[str, str], list[Connection]], dict[str, str]]:
+                     ) -> tuple[dict[tuple[str, str], list[Connection]], dict[str, set[str]]]:
         self._check()
         self.lookups += 1
         found = {key: [c for c in self.users.get(key, []) if c.node in self.marked]
                  for key in users}
-        return found, dict(self.marked)
+        return found, {node: {inc} for node, inc in self.marked.items()}
 
     async def holders(self, users: Iterable[tuple[str, str]], *, also_nodes: Iterable[str] = ()
-                      ) -> tuple[dict[tuple[str, str], set[str]], dict[str, str]]:
+                      ) -> tuple[dict[tuple[str, str], set[str]], dict[str, set[str]]]:
         found, marked = await self.lookup(users, also_nodes=also_nodes)
         return {key: {c.node for c in conns} for key, conns in found.items()}, marked
 
