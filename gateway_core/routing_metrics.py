@@ -24,7 +24,7 @@ ROUTED = Counter(
 )
 ROUTING_OUTCOMES = Counter(
     "gateway_routing_total",
-    "Messages this node's relay published by how they were routed: routed (to the nodes "
+    "Messages this node's relay routed, per publish attempt, by how: routed (to the nodes "
     "holding their users), unheld (targeted, no user connected anywhere: not published), "
     "broadcast (broadcasts, orders, and routing mode broadcast), fallback (broadcast "
     "because the presence map could not be trusted: Redis down, or a live node without a "
