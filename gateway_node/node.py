@@ -103,7 +103,6 @@ class GatewayNode:
             close_session=self.hub.close, drop_session=self.hub.drop,
             started_ms=int(self.started_at * 1000), on_recipients=self.recipients.delivered,
         )
-        self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
         #: Routed delivery (presence map, router, cluster-wide cap): with ``REDIS_URL``.
         self.routing: NodeRouting | None = None
         routing_mode()  # a bad GATEWAY_ROUTING (or routed without REDIS_URL) stops the node
@@ -122,6 +121,7 @@ class GatewayNode:
         self.rate_limits = RateLimits()
         #: Requests the API refused, per client: the hot path's and (through the bridge) DRF's.
         self.rejections = RejectionCounter(node_id=self.node_id)
+        self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
         # The API's pushes, stored by group commit on the database thread, then relayed.
         self.writer = PushWriter(db=self.db, submit=self.relay.submit, node_id=self.node_id)
         self._tasks: list[asyncio.Task[Any]] = []
