@@ -68,12 +68,12 @@ def _actor_id(request: HttpRequest) -> int:
 
 @admin.register(Node)
 class NodeAdmin(ReadOnlyAdmin):
-    list_display = ("node_link", "health", "address", "broker", "last_seen", "seen_ago",
-                    "connections", "users", "started_at", "sessions_link")
+    list_display = ("node_link", "health", "address", "broker", "routing_summary", "last_seen",
+                    "seen_ago", "connections", "users", "started_at", "sessions_link")
     list_display_links = None  # the id opens the node's page (console/node/<id>/)
     search_fields = ("id", "address")
-    fields = ("node_link", "health", "address", "broker", "started_at", "last_seen",
-              "stopped_at", "connections", "users", "sessions_link")
+    fields = ("node_link", "health", "address", "broker", "routing_summary", "started_at",
+              "last_seen", "stopped_at", "connections", "users", "sessions_link")
     readonly_fields = fields
 
     @admin.display(description="node", ordering="id")
@@ -84,6 +84,16 @@ class NodeAdmin(ReadOnlyAdmin):
     @admin.display(description="health")
     def health(self, obj: Node) -> str:
         return badge(node_state(obj, since=alive_since()))
+
+    @admin.display(description="routing")
+    def routing_summary(self, obj: Node) -> str:
+        """Mode, pushes read and how many of them were not held here (the waste routing
+        removes), and the map's size: the node page has the rest."""
+        r = obj.routing or {}
+        if not r:
+            return "broadcast (no REDIS_URL)"
+        return (f"{r.get('mode', '?')}: read {r.get('read', 0)}, not held "
+                f"{r.get('not_held', 0)}; map {r.get('map_connections', 0)}")
 
     @admin.display(description="seen")
     def seen_ago(self, obj: Node) -> str:

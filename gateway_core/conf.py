@@ -124,6 +124,21 @@ class GatewaySettings(SettingsGroup):
         doc="browser origins allowed to open `/ws/`, e.g. `https://app.example.com`; others "
         "get 403 at the handshake; no `Origin` (not a browser): allowed",
     )
+    routing = Setting(
+        # Checked by gateway_core.presence_map.routing_mode (the empty default: by REDIS_URL).
+        Text(), env="GATEWAY_ROUTING", django="GATEWAY_ROUTING", default="", docs=CONTRACT,
+        shown="`routed` when `REDIS_URL` is set, else `broadcast`",
+        doc="`broadcast`: every node reads every push; `routed`: a targeted push goes only "
+        "to the nodes holding its users, found in the cluster's presence map in that Redis "
+        "(docs/cluster.md, \"Routing\")",
+    )
+    max_connections_per_user_cluster = Setting(
+        Integer(minimum=0), env="GATEWAY_MAX_CONNECTIONS_PER_USER_CLUSTER",
+        django="GATEWAY_MAX_CONNECTIONS_PER_USER_CLUSTER", default=0, docs=CONTRACT,
+        shown="unset (off)",
+        doc="across the cluster (needs `REDIS_URL`); the user's oldest connection, on "
+        "whichever node, is closed with 4009",
+    )
 
     settle_after_s = Setting(
         Integer(minimum=0), env="GATEWAY_SETTLE_AFTER", django="GATEWAY_SETTLE_AFTER_S",

@@ -60,15 +60,18 @@ class PushMessage:
 
 @dataclass(frozen=True, slots=True)
 class ControlMessage:
-    """An order to every node, such as closing a user's connections."""
+    """An order to every node, such as closing a user's connections; or, with ``node``, to
+    that node alone (routed delivery). ``replace`` closes the named sessions with 4009 (the
+    cluster-wide per-user cap); nodes older than it skip it as unknown."""
 
     id: str
-    action: Literal["disconnect"]
+    action: Literal["disconnect", "replace"]
     users: tuple[str, ...]
     session_ids: tuple[str, ...]
     reason: str
     issued_ms: int
     app: str = DEFAULT_APP
+    node: str | None = None
 
     tag = TAG_CONTROL
     #: An order not published within this long is dropped: the moment it was for is gone.
@@ -137,6 +140,8 @@ def encode(message: Message) -> bytes:
             "reason": message.reason,
             "issued_ms": message.issued_ms,
         }, message.app)
+        if message.node is not None:
+            body["node"] = message.node
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -188,15 +193,17 @@ def _decode_body(body: dict[str, Any]) -> Message:
                 published_ms=_opt_int(body.get("published_ms")),
                 app=_app(body),
             )
-        if body["kind"] == TAG_CONTROL and body["action"] == "disconnect":
+        if body["kind"] == TAG_CONTROL and body["action"] in ("disconnect", "replace"):
+            node = body.get("node")
             return ControlMessage(
                 id=_str(body["id"]),
-                action="disconnect",
+                action="replace" if body["action"] == "replace" else "disconnect",
                 users=_str_tuple(body["users"]),
                 session_ids=_str_tuple(body["session_ids"]),
                 reason=_str(body["reason"]),
                 issued_ms=_int(body["issued_ms"]),
                 app=_app(body),
+                node=None if node is None else _str(node),
             )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadMessage(f"missing or malformed field: {exc}") from exc

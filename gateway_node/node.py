@@ -31,8 +31,10 @@ from gateway_core import bridge, metrics
 from gateway_core.brokers import BaseBroker, create_broker
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import Message
+from gateway_core.presence_map import routing_mode
 from gateway_core.ratelimit import RateLimits
 from gateway_core.tenancy import DEFAULT_APP, AppDirectory, AppInfo, AppLimits
+from gateway_node.routing import NodeRouting
 from gateway_node.supervisor import LoopFactory, Supervised
 from push_app.ledger import DeliveryLedger
 from push_app.recipients import RecipientLedger, Recovery, inbox, settle
@@ -104,11 +106,19 @@ class GatewayNode:
             close_session=self.hub.close, drop_session=self.hub.drop,
             started_ms=int(self.started_at * 1000), on_recipients=self.recipients.delivered,
         )
+        #: Routed delivery (presence map, router, cluster-wide cap): with ``REDIS_URL``.
+        self.routing: NodeRouting | None = None
+        routing_mode()  # a bad GATEWAY_ROUTING (or routed without REDIS_URL) stops the node
+        if gateway_settings.redis_url:
+            self.routing = NodeRouting(
+                node_id=self.node_id, registry=self.registry, hub=self.hub, db=self.db,
+                submit=self.submit, started_at=self.started_at)
         self.relay = Relay(
             broker=self.broker, db=self.db, node_id=self.node_id,
             dead_nodes=functools.partial(
                 dead_node_ids, timeout_s=gateway_settings.node_timeout_s, exclude=self.node_id
             ),
+            router=None if self.routing is None else self.routing.router,
         )
         #: The API's request budgets: the hot path's and (through the bridge) DRF's.
         self.rate_limits = RateLimits()
@@ -146,6 +156,10 @@ class GatewayNode:
         bridge.install(submit=self.submit_threadsafe, backlog=lambda: self.relay.backlog,
                        user_presence=self.user_presence, rate_limits=self.rate_limits,
                        rejected=self.rejections.count, app_limits=self.app_limits)
+
+    def submit(self, message: Message) -> None:
+        """Hand a message to the relay, on the event loop (looked up per call)."""
+        self.relay.submit(message)
 
     def submit_threadsafe(self, message: Message) -> None:
         """Hand a message to the relay from another thread (looked up per call: tests
@@ -230,6 +244,9 @@ class GatewayNode:
         await self.db(self.recorder.start)
         await self.reload_apps()
         await self.broker.start()
+        if self.routing is not None:
+            await self.routing.start()
+            self._spawn("presence", self.routing.run)
         self._spawn("relay", self.relay.run)
         self._spawn("housekeeping", self._housekeeping)
         self._spawn("webhooks", self.webhooks.run)
@@ -314,6 +331,8 @@ class GatewayNode:
     async def record(self, *, now: float, stopping: bool = False) -> None:
         snapshot = self.recorder.snapshot(self.registry, now=now, stopping=stopping,
                                           push_rates=self.app_limits.beat())
+        if self.routing is not None:
+            snapshot.routing = self.routing.figures()
         await self.db(self.recorder.write, snapshot)
 
     async def stop(self) -> None:
@@ -346,6 +365,8 @@ class GatewayNode:
         except Exception:
             logger.exception("final database write failed")
         await self.broker.close()
+        if self.routing is not None:
+            await self.routing.stop()
         logger.info("node %s stopped; drained %d connection(s)", self.node_id, drained)
 
 

@@ -27,6 +27,7 @@ from gateway_core import metrics
 from gateway_core.brokers.base import BaseBroker, BrokerUnavailable
 from gateway_core.messages import Message, PushMessage, same_version
 from push_app.models import PushLog, PushStatus
+from push_app.routing import BROADCAST, Router
 from push_app.services import push_message
 
 logger = logging.getLogger("gateway.relay")
@@ -61,9 +62,11 @@ class Relay:
 
     def __init__(
         self, *, broker: BaseBroker, db: DbRunner, node_id: str,
-        dead_nodes: Callable[[], list[str]] | None = None,
+        dead_nodes: Callable[[], list[str]] | None = None, router: Router | None = None,
     ) -> None:
         self.broker = broker
+        #: Where each message goes (routed delivery); None: every message to every node.
+        self.router = router
         self.db = db
         self.node_id = node_id
         self.dead_nodes = dead_nodes or (lambda: [])
@@ -156,12 +159,23 @@ class Relay:
             batch.append(message)
         if not batch:
             return True
-        groups = self._groups(batch)
+        routes: list[tuple[str | None, list[Message]]] = [(BROADCAST, batch)]
+        if self.router is not None:
+            try:
+                routes = await self.router.route(batch)
+            except Exception:
+                # Never lose the batch to a routing bug: every node reads broadcasts.
+                logger.exception("routing %d message(s) failed; broadcasting them", len(batch))
+        groups = [(node, group) for node, messages in routes for group in self._groups(messages)]
         if self.broker.publish_concurrently:
-            outcomes = await asyncio.gather(*(self._publish(g) for g in groups))
+            outcomes = await asyncio.gather(*(self._publish(g, node) for node, g in groups))
         else:  # a task per message would cost more than the publish itself
-            outcomes = [await self._publish(g) for g in groups]
-        results = [ok for group, ok in zip(groups, outcomes, strict=True) for _ in group]
+            outcomes = [await self._publish(g, node) for node, g in groups]
+        # A message routed to several nodes is published once all of them took it; one
+        # routed to none (no user connected anywhere) is published as it is.
+        refused_ids = {m.id for (_, group), ok in zip(groups, outcomes, strict=True)
+                       if not ok for m in group}
+        results = [message.id not in refused_ids for message in batch]
         refused = [m for m, ok in zip(batch, results, strict=True) if not ok]
         for message, ok in zip(batch, results, strict=True):
             if ok:
@@ -221,8 +235,9 @@ class Relay:
             groups.append(group)
         return groups
 
-    async def _publish(self, group: list[Message]) -> bool:
-        """Publish one group (``_groups``) as one broker message; False if refused."""
+    async def _publish(self, group: list[Message], node: str | None = BROADCAST) -> bool:
+        """Publish one group (``_groups``) as one broker message, to every node or to
+        ``node`` alone; False if refused."""
         started = time.perf_counter()
         now_ms = int(self.clock() * 1000)
         stamped = [
@@ -231,11 +246,12 @@ class Relay:
         ]
         message = group[0]
         try:
+            routed: dict[str, str] = {} if node is None else {"node": node}
             if len(stamped) == 1:
-                await self.broker.publish(stamped[0])
+                await self.broker.publish(stamped[0], **routed)
             else:
                 await self.broker.publish_batch(
-                    [m for m in stamped if isinstance(m, PushMessage)])
+                    [m for m in stamped if isinstance(m, PushMessage)], **routed)
         except BrokerUnavailable as exc:
             self.metrics.publish_errors.inc()
             if self.broker_up:

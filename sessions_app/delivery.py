@@ -187,8 +187,10 @@ class Deliverer:
             # still closes only that app's sessions.
             if session is not None and session.app_id == message.app and session not in targets:
                 targets.append(session)
+        # ``replace``: the cluster-wide per-user cap closing a user's oldest connection.
+        code = CloseCode.REPLACED if message.action == "replace" else CloseCode.DISCONNECTED
         for session in targets:
-            await self.close_session(session, CloseCode.DISCONNECTED)
+            await self.close_session(session, code)
         if targets:
             logger.info(
                 "closed %d connection(s) by order %s: %s", len(targets), message.id, message.reason

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway_core import metrics
 from sessions_app.close_codes import CloseCode
@@ -33,11 +33,20 @@ class Hub:
         self.recorder = recorder
         self.draining = False
         self.metrics = metrics.bound(node_id)
+        #: Told of every session opened, awaited before ``open`` returns (so before the
+        #: session's replay is read): the cluster's presence map (routed delivery).
+        self.on_open: Callable[[ChannelSession], Awaitable[None]] | None = None
+        #: Told of every session forgotten, whatever closed it; must not block.
+        self.on_close: Callable[[ChannelSession], None] | None = None
 
     async def open(self, session: ChannelSession, *, max_per_user: int) -> None:
         """Register a session; close the user's oldest past the cap with 4009."""
         evicted = self.registry.register(session, max_per_user=max_per_user)
         self.recorder.opened(session)
+        for old in evicted:
+            self._forgotten(old)
+        if self.on_open is not None:
+            await self.on_open(session)
         self.metrics.app(session.app_id).connects.inc()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("session opened for user %s", session.user_id,
@@ -48,6 +57,7 @@ class Hub:
     async def close(self, session: ChannelSession, code: CloseCode) -> None:
         """Forget a session and send it ``code``; a no-op if it is already gone."""
         if self.registry.unregister(session):
+            self._forgotten(session)
             await self._closed(session, code)
 
     async def drop(self, session: ChannelSession) -> None:
@@ -57,6 +67,7 @@ class Hub:
         close code, since the connection may not carry one any more.
         """
         if self.registry.unregister(session):
+            self._forgotten(session)
             self.recorder.closed(session, code=INTERNAL_ERROR, at=self.clock())
             self.metrics.disconnect(INTERNAL_ERROR, session.app_id)
         try:
@@ -68,11 +79,20 @@ class Hub:
     def forget(self, session: ChannelSession, *, code: int) -> None:
         """The client went away by itself (``websocket.disconnect``)."""
         if self.registry.unregister(session):
+            self._forgotten(session)
             self.recorder.closed(session, code=code, at=self.clock())
             self.metrics.disconnect(code, session.app_id)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("session closed by the client (%d)", code,
                              extra={"session_id": session.session_id})
+
+    def _forgotten(self, session: ChannelSession) -> None:
+        if self.on_close is not None:
+            try:
+                self.on_close(session)
+            except Exception:
+                logger.exception("on_close failed for session %s", session.session_id,
+                                 extra={"session_id": session.session_id})
 
     async def _closed(self, session: ChannelSession, code: CloseCode) -> None:
         self.recorder.closed(session, code=int(code), at=self.clock())

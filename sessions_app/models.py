@@ -25,6 +25,10 @@ class Node(models.Model):
     #: Per app at the last beat: ``{app: {"connections": n, "users": n, "pushes_per_s": r}}``,
     #: which other nodes read to hold each app's limits across the cluster.
     apps = models.JSONField(default=dict, blank=True, null=True)
+    #: Routed delivery at the last beat (docs/cluster.md, "Routing"): ``mode``, pushes
+    #: ``read`` and ``not_held`` since start, ``routed`` per destination node, ``unheld``,
+    #: ``fallback``, ``map_connections``, ``lookup_ms`` (mean); empty without ``REDIS_URL``.
+    routing = models.JSONField(default=dict, blank=True, null=True)
 
     class Meta:
         ordering = ["id"]

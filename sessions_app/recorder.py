@@ -38,6 +38,8 @@ class Snapshot:
     stopping: bool = False
     #: Per app: connections, users and pushes per second here (``Node.apps``).
     apps: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Routed delivery's figures (``Node.routing``), set by the node.
+    routing: dict[str, Any] = field(default_factory=dict)
 
 
 class SessionRecorder:
@@ -111,6 +113,7 @@ class SessionRecorder:
                     "connections": snap.connections,
                     "users": snap.users,
                     "apps": snap.apps,
+                    "routing": snap.routing,
                 },
             )
             if snap.opened:

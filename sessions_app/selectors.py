@@ -264,3 +264,10 @@ def user_presence(*, user_id: str, node_id: str, registry: SessionManager,
         for r in remote
     )
     return {"user": user_id, "online": bool(connections), "connections": connections}
+
+
+def live_node_ids(timeout_s: int) -> list[str]:
+    """Nodes that beat within ``timeout_s`` and did not stop (routed delivery trusts the
+    presence map only while each of them has a marker there)."""
+    alive = node_alive_q(since=alive_since(timeout_s=timeout_s))
+    return list(Node.objects.filter(alive).values_list("id", flat=True))

@@ -6,9 +6,15 @@ Guarantees every implementation states against these:
   (RocketMQ: the send receipt; ``local``: handed to this process's consumers). Otherwise
   it raises ``BrokerUnavailable`` and the caller, the relay, keeps the push (every push
   of the batch) and tries again; nothing is dropped here.
-- ``consume`` hands every message to every node (broadcast), at least once: duplicates
-  and redelivered history are possible, so the delivery side skips ids it has seen and
-  messages published before the node started. No ordering is promised across pushes.
+- ``consume`` hands every broadcast message (published with ``node=None``) to every node,
+  and every message published for one node (``node="<id>"``: routed delivery) to that
+  node only, at least once: duplicates and redelivered history are possible, so the
+  delivery side skips ids it has seen and messages published before the node started. No
+  ordering is promised across pushes. A node always reads its own destination besides
+  the broadcast one, whatever its ``GATEWAY_ROUTING``, so that routed publishers may
+  reach it during a rolling upgrade. A message for a node that is gone is read by no one
+  (the RocketMQ tag or Redis stream of a dead node): the presence map routes only to live
+  nodes, and kept pushes wait in the database for their users' next connection.
 - A handler that raises is logged and the message is skipped, never retried forever.
 """
 
@@ -51,14 +57,15 @@ class BaseBroker:
     #: Most pushes ``publish_batch`` puts in one broker message (1: one message per push).
     max_batch_pushes = 1
 
-    async def publish(self, message: Message) -> None:
+    async def publish(self, message: Message, *, node: str | None = None) -> None:
+        """Publish to every node (``node`` None) or to one node's own destination."""
         raise NotImplementedError(".publish() must be overridden")
 
-    async def publish_batch(self, pushes: list[PushMessage]) -> None:
+    async def publish_batch(self, pushes: list[PushMessage], *, node: str | None = None) -> None:
         """Publish these pushes, all or none (``BrokerUnavailable``); brokers with
         ``max_batch_pushes`` > 1 send them as one ``encode_batch`` message."""
         for push in pushes:
-            await self.publish(push)
+            await self.publish(push, node=node)
 
     async def consume(self, handler: Handler) -> None:
         """Feed every message to ``handler`` until cancelled; survive broker outages."""

@@ -2,7 +2,8 @@
 
 Like Django's locmem mail backend it keeps an ``outbox`` of what was published, which tests
 read. Messages are handed over as they are (frozen dataclasses), never encoded. Guarantee:
-a published message reaches every consumer of this process exactly once, in order; nothing
+a published message reaches every consumer of this process exactly once, in order, whatever
+its destination node; nothing
 survives the process, and other processes never see it.
 """
 
@@ -24,7 +25,8 @@ class LocalBroker(BaseBroker):
         self.available = True  # tests flip this to play an outage
         self._queues: list[asyncio.Queue[Message]] = []
 
-    async def publish(self, message: Message) -> None:
+    async def publish(self, message: Message, *, node: str | None = None) -> None:
+        # One process: every destination is this process's consumers.
         if not self.available:
             raise BrokerUnavailable("local broker switched off")
         self.outbox.append(message)

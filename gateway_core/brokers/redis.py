@@ -1,8 +1,10 @@
 """The ``redis`` broker: a Redis stream shared by every node, the low-latency alternative.
 
-Every push is one ``XADD`` to ``gateway:<topic>:stream`` (capped near ``max_len`` entries);
-every node reads the stream with its own cursor (``XREAD BLOCK``), so every node gets every
-message, starting from the moment it started (by the Redis server's clock).
+Every broadcast message is one ``XADD`` to ``gateway:<topic>:stream`` (capped near
+``max_len`` entries); a message for one node (routed delivery) goes to that node's own
+stream, ``gateway:<topic>:node:<node id>``. Every node reads the shared stream and its own
+in one ``XREAD BLOCK``, each with its own cursor, starting from the moment it started (by
+the Redis server's clock).
 
 Guarantee, weaker than RocketMQ's: a message is kept only in Redis memory (durable only
 if the Redis server runs with AOF) and only for the last ``max_len`` messages. A node that
@@ -43,7 +45,10 @@ class RedisBroker(BaseBroker):
         if not url:
             raise BrokerUnavailable("GATEWAY_BROKER=redis needs REDIS_URL")
         self.url = url
-        self.key = f"gateway:{self.config.get('topic') or 'gateway-push'}:stream"
+        topic = self.config.get("topic") or "gateway-push"
+        self.key = f"gateway:{topic}:stream"
+        self.node_prefix = f"gateway:{topic}:node:"
+        self.own_key = self.node_key(self.node_id)
         self._client: aioredis.Redis | None = None
 
     def _redis(self) -> aioredis.Redis:
@@ -54,20 +59,25 @@ class RedisBroker(BaseBroker):
             )
         return self._client
 
-    async def publish(self, message: Message) -> None:
-        await self._add(encode(message), message.tag)
+    def node_key(self, node: str) -> str:
+        """The stream of messages for ``node`` alone."""
+        return self.node_prefix + node
 
-    async def publish_batch(self, pushes: list[PushMessage]) -> None:
+    async def publish(self, message: Message, *, node: str | None = None) -> None:
+        await self._add(encode(message), message.tag, node)
+
+    async def publish_batch(self, pushes: list[PushMessage], *, node: str | None = None) -> None:
         if len(pushes) == 1:
-            await self.publish(pushes[0])
+            await self.publish(pushes[0], node=node)
         else:
-            await self._add(encode_batch(pushes), TAG_PUSH)
+            await self._add(encode_batch(pushes), TAG_PUSH, node)
 
-    async def _add(self, body: bytes, tag: str) -> None:
+    async def _add(self, body: bytes, tag: str, node: str | None = None) -> None:
+        key = self.key if node is None else self.node_key(node)
         try:
             await asyncio.wait_for(
                 self._redis().xadd(
-                    self.key, {"m": body, "tag": tag},
+                    key, {"m": body, "tag": tag},
                     maxlen=self.max_len, approximate=True,
                 ),
                 timeout=self.timeout_s,
@@ -80,27 +90,31 @@ class RedisBroker(BaseBroker):
         return f"{int(seconds) * 1000 + int(micros) // 1000}-0"
 
     async def consume(self, handler: Handler) -> None:
-        cursor: str | None = None
+        cursors: dict[str, str] | None = None
         delay = 0.5
         while True:
             try:
-                if cursor is None:
-                    cursor = await self._start_cursor()
+                if cursors is None:
+                    start = await self._start_cursor()
+                    cursors = {self.key: start, self.own_key: start}
                 response: Any = await self._redis().xread(
-                    {self.key: cursor}, count=self.batch, block=self.block_ms
+                    cursors, count=self.batch, block=self.block_ms  # type: ignore[arg-type]
                 )
                 delay = 0.5
                 self.consuming = True
-                for _stream, entries in response or []:
+                for stream, entries in response or []:
+                    key = stream.decode() if isinstance(stream, bytes) else stream
                     for entry_id, fields in entries:
                         cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                        cursors[key] = cursor
                         raw = fields.get(b"m") or fields.get("m") or b""
                         try:
                             await handler(raw)
                         except asyncio.CancelledError:
                             raise
                         except Exception:
-                            logger.exception("handler failed on stream entry %s; skipped", cursor)
+                            logger.exception("handler failed on stream entry %s of %s; skipped",
+                                             cursor, key)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:

@@ -5,9 +5,13 @@ Publishing: one message per push or control order on ``GATEWAY_ROCKETMQ_TOPIC``,
 the message (the send receipt) and raises ``BrokerUnavailable`` otherwise; the relay keeps
 the push until a later attempt succeeds.
 
+Routed delivery: a message for one node carries that node's tag (``node_tag``) instead of
+``push``/``control``; each node subscribes to ``push||control||<its tag>``, and tags are
+filtered on the server, so a node never receives another node's messages.
+
 Consuming: gRPC clients have no broadcasting model, so each node has a consumer group of
-its own (``gateway-<node id>``) and so receives every message; tags are filtered on the
-server. Delivery is at least once: a message whose handler fails is logged and acked
+its own (``gateway-<node id>``) and so receives every broadcast message; tags are filtered
+on the server. Delivery is at least once: a message whose handler fails is logged and acked
 (skipped), never redelivered forever; duplicates and history that a new group replays
 from offset 0 are dropped by the delivery side (ids seen, ``published_ms`` before start).
 
@@ -67,6 +71,11 @@ def consumer_group(node_id: str) -> str:
     return "gateway-" + re.sub(r"[^a-zA-Z0-9_-]", "_", node_id)[:200]
 
 
+def node_tag(node_id: str) -> str:
+    """The tag of messages for ``node_id`` alone (routed delivery); no ``|`` or space."""
+    return "node-" + re.sub(r"[^a-zA-Z0-9_.:@-]", "_", node_id)[:200]
+
+
 class RocketMQBroker(BaseBroker):
     name = "rocketmq"
     #: Seconds for one gRPC request; the client retries 3 times within a send.
@@ -112,15 +121,18 @@ class RocketMQBroker(BaseBroker):
             self._producer = producer
         return self._producer
 
-    async def publish(self, message: Message) -> None:
+    async def publish(self, message: Message, *, node: str | None = None) -> None:
         tag = TAG_PUSH if isinstance(message, PushMessage) else TAG_CONTROL
+        if node is not None:
+            tag = node_tag(node)
         await self._send(encode(message), tag=tag, keys=[message.id])
 
-    async def publish_batch(self, pushes: list[PushMessage]) -> None:
+    async def publish_batch(self, pushes: list[PushMessage], *, node: str | None = None) -> None:
         if len(pushes) == 1:
-            await self.publish(pushes[0])
+            await self.publish(pushes[0], node=node)
         else:
-            await self._send(encode_batch(pushes), tag=TAG_PUSH,
+            await self._send(encode_batch(pushes),
+                             tag=TAG_PUSH if node is None else node_tag(node),
                              keys=[push.id for push in pushes])
 
     async def _send(self, body: bytes, *, tag: str, keys: list[str]) -> None:
@@ -148,7 +160,8 @@ class RocketMQBroker(BaseBroker):
 
         consumer = SimpleConsumer(
             self._configuration(), self.group,
-            {self.topic: FilterExpression(f"{TAG_PUSH}||{TAG_CONTROL}")},
+            {self.topic: FilterExpression(
+                f"{TAG_PUSH}||{TAG_CONTROL}||{node_tag(self.node_id)}")},
             await_duration=self.await_duration_s,
         )
         consumer.startup()

@@ -18,6 +18,7 @@ import pytest
 from tests.cluster import flows
 from tests.support.clients import Api, eventually, recv_push, uid
 from tests.support.cluster import Cluster, rocketmq_running, rocketmq_script
+from tests.support.services import redis_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.rocketmq]
 
@@ -26,10 +27,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.rocketmq]
 RESUME_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def cluster(make_cluster) -> Iterator[Cluster]:
-    # Clients stay silent through a minute-long outage: no heartbeat closes here.
-    cluster = make_cluster("rocketmq", GATEWAY_HEARTBEAT_TIMEOUT="600")
+@pytest.fixture(scope="module", params=["broadcast", "routed"])
+def cluster(request: pytest.FixtureRequest, make_cluster) -> Iterator[Cluster]:
+    # Clients stay silent through a minute-long outage: no heartbeat closes here. Routed:
+    # the pushes go to each node's own tag, which the rebuilt consumers subscribe to again.
+    routed = {"REDIS_URL": redis_url(), "GATEWAY_ROUTING": "routed"}
+    cluster = make_cluster("rocketmq", GATEWAY_HEARTBEAT_TIMEOUT="600",
+                           **(routed if request.param == "routed" else {}))
     try:
         cluster.start_many(["a", "b"])
         yield cluster

@@ -138,3 +138,22 @@ def test_node_page_needs_view_permissions(viewer, client, db):
     url = reverse("admin:console_node", args=["node-a"])
     assert viewer.get(url).status_code == 200
     assert client.get(url).status_code == 302  # not signed in: to the login page
+
+
+def test_node_page_and_list_show_routing(operator):
+    node = make_node("node-r")
+    node.routing = {"mode": "routed", "read": 120, "not_held": 1,
+                    "routed": {"node-r": 40, "node-s": 80}, "routed_count": 0, "unheld": 5,
+                    "broadcast": 2, "fallback": 0, "map_connections": 6000, "lookups": 9,
+                    "lookup_ms": 0.42}
+    node.save()
+    make_node("node-plain")
+    html = operator.get(reverse("admin:console_node", args=["node-r"])).content.decode()
+    assert "<h2 class=\"console-h\">Routing</h2>" in html
+    assert "120 since start, of which not held here: 1" in html
+    assert "node-s 80" in html and "6000 connection(s)" in html and "0.42 ms" in html
+    plain = operator.get(reverse("admin:console_node", args=["node-plain"])).content.decode()
+    assert "console-node-routing" not in plain
+    listing = operator.get(reverse("admin:sessions_app_node_changelist")).content.decode()
+    assert "routed: read 120, not held 1; map 6000" in listing
+    assert "broadcast (no REDIS_URL)" in listing
