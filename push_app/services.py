@@ -12,6 +12,7 @@ import hmac
 import os
 import re
 import secrets
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -47,9 +48,38 @@ KEY_PREFIX = "gw"
 
 
 def new_push_id(now: float | None = None) -> str:
-    """32 hex characters: milliseconds first, so ids sort by acceptance time."""
+    """32 hex characters that sort by acceptance in this process: milliseconds, then a
+    sequence within the millisecond, then randomness."""
     ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:012x}{os.urandom(10).hex()}"
+    return new_push_ids(ms, 1)[0]
+
+
+_ids_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+#: 24 bits of sequence within a millisecond, then 56 random bits.
+_SEQ_MAX = 0xFFFFFF
+_CLOCK_SLACK_MS = 1000
+
+
+def new_push_ids(ms: int, count: int) -> list[str]:
+    """``count`` push ids accepted at ``ms``, increasing (PROTOCOL.md section 6: pushes one
+    node accepted reach a user in accept order, and a replay sorts by id). The sequence
+    starts at a random point each millisecond, so two processes' ids within one
+    millisecond do not follow a pattern; ids of one process do not go backwards when the
+    clock steps back a little (the last millisecond is kept, up to ``_CLOCK_SLACK_MS``; a
+    larger step is a reset clock, and ids follow it)."""
+    global _last_ms, _seq
+    with _ids_lock:
+        if ms > _last_ms or ms < _last_ms - _CLOCK_SLACK_MS:
+            _last_ms, _seq = ms, int.from_bytes(os.urandom(2), "big")
+        ms = _last_ms
+        if _seq + count > _SEQ_MAX:  # past a millisecond's sequence: borrow the next one
+            _last_ms, _seq = _last_ms + 1, 0
+            ms = _last_ms
+        start, _seq = _seq, _seq + count
+    randomness = os.urandom(7 * count).hex()
+    return [f"{ms:012x}{start + i:06x}{randomness[14 * i:14 * i + 14]}" for i in range(count)]
 
 
 def push_message(log: PushLog) -> PushMessage:

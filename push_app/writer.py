@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -272,11 +271,9 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
     time_field = fields.get_field("created_at")
     created_at = time_field.get_db_prep_save(now, connection)
     users_text = connection.vendor == "sqlite"  # JSON stored as json.dumps' text
-    # Ids as services.new_push_id makes them: the time in ms, then 80 random bits (drawn
-    # for the whole group at once).
-    id_prefix = f"{accepted_ms:012x}"
-    randomness = os.urandom(10 * sum(len(reqs) for _, reqs in items)).hex()
-    drawn = 0
+    # Ids as services.new_push_id makes them, increasing in the group's order (the time in
+    # ms, a sequence, randomness), drawn for the whole group at once.
+    ids = iter(services.new_push_ids(accepted_ms, sum(len(reqs) for _, reqs in items)))
     pks = {client.pk for client, _ in items if client is not None}
     outcomes: list[Stored | ClientRevoked] = []
     rows: list[list[Any]] = []
@@ -293,8 +290,7 @@ def _store_group(items: Sequence[tuple[ClientRef | None, Sequence[PushRequest]]]
                 continue
             messages: Stored = []
             for req in reqs:
-                push_id = id_prefix + randomness[drawn:drawn + 20]
-                drawn += 20
+                push_id = next(ids)
                 app = DEFAULT_APP if client is None else client.app
                 row = log_row(req, push_id=push_id,
                               client_id=None if client is None else client.pk, now=now,

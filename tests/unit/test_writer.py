@@ -316,3 +316,16 @@ async def test_a_database_failure_during_isolation_still_answers_503_for_all(mon
     for result in results:
         assert isinstance(result, PushUnavailable) and result.code == "unavailable"
     assert await PushLog.objects.acount() == 0 and submitted == []
+
+
+def test_push_ids_increase_within_a_millisecond_and_across_calls():
+    """A replay sorts by id: pushes one node accepts in one millisecond keep their order."""
+    from push_app.services import new_push_id, new_push_ids
+
+    ids = new_push_ids(1_800_000_000_000, 500) + new_push_ids(1_800_000_000_000, 3)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    later = new_push_id(1_800_000_000.001)
+    assert later > ids[-1]
+    # A clock that steps back a little does not make ids go backwards in this process.
+    assert new_push_id(1_800_000_000.0) > later
