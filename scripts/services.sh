@@ -2,7 +2,8 @@
 # Local Redis and PostgreSQL for a dev cluster (and, with other ports and folder, the test
 # suite: scripts/test.sh), on loopback and private ports, with their data in a folder.
 #   scripts/services.sh install              apt-get the Debian packages if missing (root):
-#                                            redis-server, postgresql, chromium, prometheus
+#                                            redis-server, postgresql, chromium, prometheus,
+#                                            nodejs and npm (clients/js's tests)
 #   scripts/services.sh start|stop redis|postgres
 #   scripts/services.sh reset redis|postgres stop it and wipe its data
 # Data survives stop and start: PostgreSQL is initialised only when its folder holds no
@@ -23,6 +24,9 @@ install() {
   command -v chromium >/dev/null || missing+=(chromium)
   # promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/monitoring).
   command -v promtool >/dev/null || missing+=(prometheus)
+  # clients/js runs its tests in Node too, with the ws package from npm (tests/clients).
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
