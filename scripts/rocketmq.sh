@@ -137,7 +137,11 @@ running_pid() {
     namesrv) main=NamesrvStartup ;;
     proxy) main=ProxyStartup ;;
   esac
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$main" || return 1
+  # An empty command line is a process caught mid-exec (nohup becoming java): a loaded
+  # machine made the startup check read it as "exited".
+  local cmdline
+  cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+  [[ -z "$cmdline" || "$cmdline" == *"$main"* ]] || return 1
   printf '%s\n' "$pid"
 }
 
