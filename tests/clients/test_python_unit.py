@@ -1,13 +1,12 @@
 """The Python package without a server: its policies, the client on a fake connection and a
 fake clock (no sleeping: time moves when the test says), and the REST client on httpx's
-mock transport. ``test_js_unit`` runs gateway.js's own unit tests in Node."""
+mock transport. gateway.js's own unit tests run from ``test_js_unit.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-import subprocess
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,8 +21,6 @@ from gateway_client import (
     refresh_delay_s,
     token_exp,
 )
-
-from tests.support.client_libs import JS_DIR, node_binary
 
 START = 1_700_000_000.0
 
@@ -410,12 +407,3 @@ async def test_every_batch_item_gets_a_key_unless_given_and_the_other_calls():
         ("POST", "/api/v1/users/u1/disconnect", b""), ("POST", "/api/v1/tokens", b""),
         ("GET", "/api/v1/webhooks", b""), ("DELETE", "/api/v1/webhooks/w1", b""),
     ]
-
-
-# --- gateway.js's own unit tests, in Node ------------------------------------------------
-
-def test_js_unit():
-    result = subprocess.run([node_binary(), "--test", "test/unit.test.js"], cwd=JS_DIR,
-                            capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "# fail 0" in result.stdout and "# pass 0" not in result.stdout

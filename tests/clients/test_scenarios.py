@@ -4,6 +4,8 @@ gateway.js in Node and in headless Chromium, each through the same scenarios.
 - pushes while connected reach the application once, in order, and are acked after its
   handler returned (the gateway counts the acks);
 - short-lived tokens are refreshed on the open connection (one welcome, never 4011);
+- a kept push another connection left unacked comes back ``redelivered`` and is handled
+  and acked once;
 - 4010 stops the client (error with the code, then closed; no reconnect); a bare token that
   expires (4011) is reported the same way;
 - a node that drains (4012) and comes back: the client reconnects at once and nothing is
@@ -21,7 +23,7 @@ import pytest
 from gateway_client import GatewayAPI
 
 from tests.support.client_libs import LibClient, lib_client
-from tests.support.clients import eventually, uid
+from tests.support.clients import eventually, recv_push, session, uid
 from tests.support.gateway import GatewayProcess, start_gateway
 
 pytestmark = [pytest.mark.e2e]
@@ -163,3 +165,30 @@ async def test_pushes_made_while_the_node_is_down_arrive_once_on_resume(
     tmp_path: Path, kind: str,
 ) -> None:
     await drain_and_restart(tmp_path, kind, gap=True)
+
+
+async def test_a_kept_push_left_unacked_comes_back_redelivered_and_is_handled_once(
+    gw: GatewayProcess, key: str, kind: str,
+) -> None:
+    user = uid(kind)
+    async with GatewayAPI(gw.url, key=key) as api:
+        # Another client of the user got the push and went away without acking it.
+        async with session(gw, user) as (ws, _):
+            push_id = (await api.push(users=[user], data="again", ttl=60))["id"]
+            assert (await recv_push(ws))["id"] == push_id
+        # The node writes per-recipient states once a second: wait for "delivered".
+        await eventually(lambda: api.recipients(push_id),
+                         lambda r: [x["state"] for x in r["results"]] == ["delivered"],
+                         within=10, what="delivered, not acked")
+        lib = start(kind, gw, user)
+        await lib.start()
+        try:
+            await lib.wait_for(lambda c: c.push_ids() == [push_id], what="the kept push")
+            assert lib.of("push")[0]["redelivered"] is True, lib.events
+            await eventually(lambda: api.recipients(push_id),
+                             lambda r: [x["state"] for x in r["results"]] == ["acked"],
+                             within=10, what="acked by the library")
+            await asyncio.sleep(0.5)
+            assert lib.push_ids() == [push_id]
+        finally:
+            await lib.stop()
