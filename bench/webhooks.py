@@ -1,7 +1,7 @@
 """The webhooks scenario (issue #15): webhook calls per second with pushes flowing, and push
 throughput with webhooks on against off, side by side on one node in one run.
 
-    python -m bench.webhooks [--clients 200] [--rate 500] [--duration 10] [--events 20000]
+    python -m bench.webhooks [--clients 200] [--rate 500] [--duration 10] [--events 40000]
     python -m bench.webhooks --env DATABASE_URL=postgres://user@127.0.0.1:5432/bench
 
 1. One gateway node (SQLite, local broker, ``GATEWAY_WEBHOOK_ALLOW_PRIVATE=1``); a fast
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--events", type=int, default=40000)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the gateway (repeatable), e.g. "
                              "DATABASE_URL=postgres://…")

@@ -224,9 +224,19 @@ class GatewayNode:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db_executor, _with_fresh_connection, fn, args)
 
+    #: On a database thread shared with the push writer (SQLite), how long the webhooks'
+    #: database work at most gives way to pushes waiting to be stored.
+    webhook_yield_s = 0.05
+
     async def webhook_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on the webhooks' database thread."""
+        """Run ``fn`` on the webhooks' database thread. Where that is the node's own (SQLite),
+        pushes waiting for their group commit go first: a push is answered 202 only once
+        stored, and webhook calls are never that urgent."""
         loop = asyncio.get_running_loop()
+        if self._webhook_executor is self._db_executor:
+            deadline = loop.time() + self.webhook_yield_s
+            while self.writer.queued and loop.time() < deadline:  # noqa: ASYNC110 (a count, no event)
+                await asyncio.sleep(0.002)
         return await loop.run_in_executor(
             self._webhook_executor, _with_fresh_connection,
             functools.partial(fn, **kwargs), args)

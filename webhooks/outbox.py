@@ -140,6 +140,19 @@ def complete(outcomes: Iterable[Outcome], *, retry_hours: int) -> int:
     return failed
 
 
+def cycle(outcomes: list[Outcome], *, retry_hours: int, node_id: str, now: float,
+          room: Mapping[str, int], default_room: int, limit: int,
+          lease_s: float) -> tuple[int, list[Claimed]]:
+    """``complete`` the outcomes gathered, then ``claim`` what is due, in one transaction:
+    one commit a round, not two (on SQLite every commit of the outbox is one the node's
+    push writes wait behind). ``(failed, claimed)``."""
+    with transaction.atomic():
+        failed = complete(outcomes, retry_hours=retry_hours)
+        claimed = claim(node_id=node_id, now=now, room=room, default_room=default_room,
+                        limit=limit, lease_s=lease_s)
+    return failed, claimed
+
+
 def _gives_up(out: Outcome, retry_hours: int) -> bool:
     """Whether this failure was the last attempt: the next would start after the retry
     window (counted from the event's delivery creation)."""

@@ -58,10 +58,11 @@ class WebhookSender:
     lease_s = 90.0
     #: Deliveries claimed per round, across endpoints.
     claim_limit = 1000
-    #: Between claims when nothing woke the loop (events made by other nodes).
-    poll_s = 0.25
-    #: Between writes of outcomes (one batch each).
-    flush_s = 0.1
+    #: Between rounds (outcomes written, due deliveries claimed) when nothing woke the loop:
+    #: events made by other nodes, the outcomes of a slow endpoint.
+    poll_s = 0.2
+    #: Outcomes that start a round at once.
+    write_every = 64
     #: Between reads of the backlog for the metrics.
     backlog_every_s = 5.0
 
@@ -106,19 +107,25 @@ class WebhookSender:
         await self.db(outbox.release, node_id=self.node_id)
         client = self.poster()
         try:
-            flusher = asyncio.create_task(self._flush_loop(), name="gateway-webhook-flush")
             gauges = asyncio.create_task(self._backlog_loop(), name="gateway-webhook-backlog")
             try:
                 while True:
-                    claimed = await self.claim_once()
+                    try:
+                        claimed = await self.claim_once()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        # The database is away: outcomes are kept, calls in flight go on.
+                        logger.exception("webhook round failed; next one in 1 s")
+                        await asyncio.sleep(1.0)
+                        continue
                     for item in claimed:
                         self._start(client, item)
                     if len(claimed) < self.claim_limit:
                         await self._idle()
             finally:
-                flusher.cancel()
                 gauges.cancel()
-                await asyncio.gather(flusher, gauges, return_exceptions=True)
+                await asyncio.gather(gauges, return_exceptions=True)
                 await self._shutdown()
         finally:
             await client.aclose()
@@ -143,13 +150,28 @@ class WebhookSender:
         return max(self.min_room, min(self.max_room, fits))
 
     async def claim_once(self) -> list[Claimed]:
-        room = {endpoint: self.room_for(endpoint) - held
+        """One round: write the outcomes gathered so far and claim what is due, in one
+        database call (``outbox.cycle``); the claimed deliveries are held from then on."""
+        taken, self._outcomes = self._outcomes, []
+        released: dict[str, int] = {}
+        for out in taken:
+            released[out.claimed.endpoint_id] = released.get(out.claimed.endpoint_id, 0) + 1
+        room = {endpoint: self.room_for(endpoint) - held + released.get(endpoint, 0)
                 for endpoint, held in self.held.items()}
         room.update({endpoint: self.room_for(endpoint) for endpoint in self._pace
                      if endpoint not in room})
-        claimed: list[Claimed] = await self.db(
-            outbox.claim, node_id=self.node_id, now=self.clock(), room=room,
-            default_room=self.min_room, limit=self.claim_limit, lease_s=self.lease_s)
+        try:
+            failed, claimed = await self.db(
+                outbox.cycle, taken, retry_hours=gateway_settings.webhook_retry_hours,
+                node_id=self.node_id, now=self.clock(), room=room,
+                default_room=self.min_room, limit=self.claim_limit, lease_s=self.lease_s)
+        except BaseException:
+            self._outcomes[:0] = taken
+            raise
+        if failed:
+            self._failed.inc(failed)
+        for out in taken:
+            self._forget(out.claimed)
         for item in claimed:
             self.held[item.endpoint_id] = self.held.get(item.endpoint_id, 0) + 1
             self._claims[item.token] = self._claims.get(item.token, 0) + 1
@@ -175,6 +197,8 @@ class WebhookSender:
                 outcome = Outcome(item, ok=False, status=0, at=self.clock(),
                                   excerpt=f"{type(exc).__name__}: {exc}"[:EXCERPT_BYTES])
         self._outcomes.append(outcome)
+        if len(self._outcomes) >= self.write_every:
+            self.wake()
 
     async def call(self, client: Poster, item: Claimed) -> Outcome:
         """One attempt: the address check, the signed POST, its answer within 10 s."""
@@ -208,19 +232,8 @@ class WebhookSender:
         return Outcome(item, ok=result == "ok", status=status, excerpt=excerpt, at=self.clock())
 
     # --- outcomes ---------------------------------------------------------------------
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("writing webhook outcomes failed; retrying")
-                await asyncio.sleep(1.0)
-
     async def flush(self) -> None:
-        """Write the outcomes gathered since the last flush; only then do their
+        """Write the outcomes gathered, claiming nothing (at stop); only then do their
         deliveries leave the endpoints' lanes (so claims never outrun the writes)."""
         if not self._outcomes:
             return

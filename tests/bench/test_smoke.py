@@ -92,3 +92,15 @@ def test_two_apps_against_one_lose_nothing() -> None:
     assert [r["kind"] for r in ratios] == ["broadcast", "targeted", "multicast"]
     assert all(r["clean"] and r["throughput_ratio"] > 0 for r in ratios)
     assert ratios[0]["two_apps_vs_control_throughput_ratio"] > 0
+
+
+def test_webhooks_scenario_sends_every_event_and_loses_no_push():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.webhooks", "--clients", "20", "--rate", "50",
+         "--duration", "2", "--events", "500"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    assert line["webhook_calls_total"] >= line["events_due"] >= 500
+    assert all(line[phase]["loss"] == 0 and line[phase]["push_errors"] == 0
+               for phase in ("off_before", "on", "off_after"))
