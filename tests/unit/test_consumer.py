@@ -450,8 +450,13 @@ class UvicornLikeConnection:
 async def test_a_stalled_uvicorn_client_never_holds_up_the_others(node: GatewayNode):
     with override_settings(GATEWAY_MAX_SEND_BUFFER_BYTES=2000):
         slow, healthy = UvicornLikeConnection("slow"), UvicornLikeConnection("healthy")
-        for _ in range(20):
-            await asyncio.sleep(0)
+        # Both welcomed: a session's live pushes wait while its inbox is read (on the
+        # database thread), and this test is about what comes after.
+        for _ in range(400):
+            if all(any('"welcome"' in str(m.get("text")) for m in c.sent)
+                   for c in (slow, healthy)):
+                break
+            await asyncio.sleep(0.005)
         assert len(node.registry) == 2
         slow.writable.clear()  # the slow client's transport is full from here on
         slow.transport.buffered = 1000  # a few frames queue before the bound is passed
