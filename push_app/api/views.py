@@ -12,7 +12,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
-from rest_framework import status
+from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,11 +21,11 @@ from gateway_core import bridge, metrics, orders
 from gateway_core.conf import gateway_settings
 from gateway_core.tokens import valid_user_id
 from push_app import selectors, services, validation
-from push_app.api.errors import count_rejected, error_body
+from push_app.api.errors import error_body
 from push_app.api.schema import BODY_ERRORS, COMMON_ERRORS, PUSH_ID, USER_ID, body, errors, ref
 from push_app.api.throttling import take_app_pushes
 from push_app.errors import PushUnavailable
-from push_app.models import ApiClient, AuditAction, AuditActor, RecipientState
+from push_app.models import ApiClient, AuditAction, AuditActor, PushLog, RecipientState
 from push_app.validation import RequestInvalid
 
 _USER_PARAMETER = OpenApiParameter("user_id", OpenApiTypes.STR, OpenApiParameter.PATH,
@@ -36,6 +36,21 @@ def _client(request: Request) -> ApiClient:
     client = request.auth
     assert isinstance(client, ApiClient), "IsApiClient lets no other principal through"
     return client
+
+
+class NotPerRecipient(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "not_per_recipient"
+    default_detail = "a broadcast is not tracked per recipient; see its counts"
+
+
+def _own_push(request: Request, push_id: str) -> PushLog:
+    """The caller's push (another client's, or another app's, is 404: it does not exist
+    for this key). Raised errors are counted as refusals by the exception handler."""
+    log = selectors.push_get(client=_client(request), push_id=push_id)
+    if log is None:
+        raise exceptions.NotFound(f"no push {push_id!r} from this client")
+    return log
 
 
 def _user_id(value: str) -> str:
@@ -131,12 +146,7 @@ class PushDetailView(APIView):
         summary="A push's status",
     )
     def get(self, request: Request, push_id: str) -> Response:
-        log = selectors.push_get(client=_client(request), push_id=push_id)
-        if log is None:
-            body = error_body("not_found", f"no push {push_id!r} from this client")
-            count_rejected(request, status.HTTP_404_NOT_FOUND, body)
-            return Response(body, status=status.HTTP_404_NOT_FOUND)
-        return Response(selectors.push_describe(log))
+        return Response(selectors.push_describe(_own_push(request, push_id)))
 
 
 class PushRecipientsView(APIView):
@@ -154,16 +164,9 @@ class PushRecipientsView(APIView):
         summary="What became of a targeted push for each of its users",
     )
     def get(self, request: Request, push_id: str) -> Response:
-        log = selectors.push_get(client=_client(request), push_id=push_id)
-        if log is None:
-            body = error_body("not_found", f"no push {push_id!r} from this client")
-            count_rejected(request, status.HTTP_404_NOT_FOUND, body)
-            return Response(body, status=status.HTTP_404_NOT_FOUND)
+        log = _own_push(request, push_id)
         if log.broadcast:
-            body = error_body("not_per_recipient",
-                              "a broadcast is not tracked per recipient; see its counts")
-            count_rejected(request, status.HTTP_409_CONFLICT, body)
-            return Response(body, status=status.HTTP_409_CONFLICT)
+            raise NotPerRecipient()
         state = request.query_params.get("state")
         if state is not None and state not in RecipientState.values:
             raise RequestInvalid(f"state: one of {', '.join(RecipientState.values)}",
