@@ -164,6 +164,12 @@ class GatewaySettings(SettingsGroup):
         "addresses (tests, a receiver on the same host); off in production",
     )
 
+    webhook_lease_s = Setting(
+        Integer(minimum=15), env="GATEWAY_WEBHOOK_LEASE", django="GATEWAY_WEBHOOK_LEASE_S",
+        default=90, unit="s", docs=EXTRA,
+        doc="how long a node holds the webhook deliveries it claimed; a node that died has "
+        "its deliveries sent by another node after this",
+    )
     api_rate_per_second = Setting(
         Integer(minimum=0), env="GATEWAY_API_RATE_PER_SECOND",
         django="GATEWAY_API_RATE_PER_SECOND", default=2000, docs=EXTRA,

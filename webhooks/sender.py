@@ -51,11 +51,9 @@ class WebhookSender:
     concurrency = 32
     #: Deliveries held per endpoint (in flight or waiting for a slot): enough to keep a fast
     #: endpoint busy between claims, few enough that the last one held gets its call within
-    #: ``queue_budget_s`` at the endpoint's pace (``room_for``), far inside ``lease_s``.
+    #: a third of the lease at the endpoint's pace (``room_for``), well inside the lease.
     min_room = 64
     max_room = 512
-    queue_budget_s = 30.0
-    lease_s = 90.0
     #: Deliveries claimed per round, across endpoints.
     claim_limit = 1000
     #: Between rounds (outcomes written, due deliveries claimed) when nothing woke the loop:
@@ -140,13 +138,19 @@ class WebhookSender:
             await asyncio.wait_for(self._wake.wait(), self.poll_s)
         self._wake.clear()
 
+    @property
+    def lease_s(self) -> float:
+        """``GATEWAY_WEBHOOK_LEASE``: how long a claim holds; read at each round."""
+        return float(gateway_settings.webhook_lease_s)
+
     def room_for(self, endpoint_id: str) -> int:
         """How many deliveries of this endpoint may be held: a slow one (9 s a call) gets a
         few times its concurrency, a fast one up to ``max_room``."""
         pace = self._pace.get(endpoint_id)
         if pace is None:
             return self.min_room
-        fits = int(self.concurrency * self.queue_budget_s / max(pace, 0.05))
+        budget_s = max(self.lease_s / 3 - CALL_TIMEOUT_S, 1.0)
+        fits = int(self.concurrency * budget_s / max(pace, 0.05))
         return max(self.min_room, min(self.max_room, fits))
 
     async def claim_once(self) -> list[Claimed]:

@@ -89,3 +89,4 @@ async def test_both_nodes_send_and_no_event_arrives_twice(cluster: Cluster,
     await asyncio.sleep(2)
     ids = await got()
     assert len(ids) == len(set(ids)) == 60
+
