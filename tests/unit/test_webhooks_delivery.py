@@ -237,3 +237,41 @@ async def test_a_hanging_endpoint_delays_no_other():
         await asyncio.gather(*sender._tasks, return_exceptions=True)
     finally:
         await client.aclose()
+
+
+@override_settings(GATEWAY_WEBHOOK_ALLOW_PRIVATE=True)
+async def test_a_receiver_down_for_ten_minutes_gets_everything_once_it_is_back():
+    """Issue #15's fault: the receiver refuses connections for 10 minutes (clock injected),
+    then answers: every event arrives, each once (nothing was 2xx before), and no backlog
+    is left."""
+    await sync_to_async(endpoint)()
+    await sync_to_async(emit)(20)
+    clock = Clock()
+    delivered: list[str] = []
+    attempts_while_down = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts_while_down
+        if clock.now < T0 + 600:
+            attempts_while_down += 1
+            raise httpx.ConnectError("connection refused", request=request)
+        delivered.append(json.loads(request.content)["id"])
+        return httpx.Response(204)
+
+    sender = sender_with(handler, clock)
+    while clock.now < T0 + 600:  # down: rounds every 5 s, as a busy sender would run them
+        await send_round(sender)
+        clock.now += 5
+    assert attempts_while_down >= 20 * 8  # 1 s doubling: about nine tries each in 10 min
+    assert delivered == []
+    for _ in range(200):  # back: within the backoff's 10 min cap, everything goes out
+        await send_round(sender)
+        if len(delivered) == 20:
+            break
+        clock.now += 5
+    assert len(delivered) == 20 and len(set(delivered)) == 20
+    assert clock.now <= T0 + 600 + 600
+    pending = await Delivery.objects.exclude(state=DeliveryState.DELIVERED).acount()
+    assert pending == 0
+    backlog = await run_db(outbox.backlog, now=clock.now)
+    assert (backlog.pending, backlog.oldest_age_s, backlog.failing_s) == (0, 0.0, {})
