@@ -44,4 +44,21 @@ export GATEWAY_TEST_ROCKETMQ_ENDPOINT="127.0.0.1:$ROCKETMQ_GRPC_PORT"
 
 .venv/bin/ruff check .
 .venv/bin/mypy .
-.venv/bin/python -m pytest "$@"
+
+# Given paths or -k, one plain run of what was asked.
+for arg in "$@"; do
+  if [[ "$arg" != -* || "$arg" == -k* || "$arg" == -m* ]]; then
+    exec .venv/bin/python -m pytest "$@"
+  fi
+done
+# The whole suite: most tests wait on beats, timeouts and other processes far more than
+# they compute, so they run in parallel, a file per worker (pytest-xdist); the cluster
+# tests and the other RocketMQ tests share (and restart) the suite's one RocketMQ and
+# Redis, so they run after, alone. Exit code 5 is "nothing selected".
+status=0
+.venv/bin/python -m pytest -n "${GATEWAY_TEST_WORKERS:-4}" --dist loadfile \
+  --ignore=tests/cluster -m "not rocketmq" "$@" || status=$?
+.venv/bin/python -m pytest tests/cluster "$@" || status=$?
+.venv/bin/python -m pytest --ignore=tests/cluster -m rocketmq "$@" \
+  || { rc=$?; [ "$rc" -eq 5 ] || status=$rc; }
+exit "$status"
