@@ -290,8 +290,12 @@ check_ports_free() {
 
 wait_for() { # $1 description, $2 log file, $3 pattern, $4 port, $5 component
   local deadline=$((SECONDS + START_TIMEOUT))
+  local pid
+  pid="$(cat "$(pid_file "$5")" 2>/dev/null || true)"
   while ((SECONDS < deadline)); do
-    if ! running_pid "$5" >/dev/null; then
+    # The process just started: only its death counts here. Its command line is no test
+    # yet: until the fork has exec'd java it is this script's (a loaded machine showed it).
+    if ! kill -0 "$pid" 2>/dev/null; then
       show_logs
       die "$5 exited during startup (logs in $RUN_DIR)"
     fi
