@@ -55,6 +55,7 @@ from push_app.services import (
     api_client_set_active,
     console_test_push,
 )
+from push_app.tenancy import app_get
 from push_app.validation import RequestInvalid
 from sessions_app.models import Node
 from sessions_app.selectors import alive_since, node_state
@@ -91,6 +92,10 @@ class TestPushForm(forms.Form):
         initial=json.dumps({"message": "Test push from the operator console"}, indent=2),
         help_text="Any JSON; it arrives as the push frame's data.",
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        app_get(DEFAULT_APP)  # the choices always hold ``default``, even in a flushed database
+        super().__init__(*args, **kwargs)
 
     def clean_user(self) -> str:
         user = self.cleaned_data["user"].strip()
@@ -345,6 +350,7 @@ class ApiClientForm(forms.ModelForm):
         fields = ("name", "app", "is_active")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        app_get(DEFAULT_APP)  # the choices always hold ``default``, even in a flushed database
         super().__init__(*args, **kwargs)
         if self.instance.pk is not None:
             self.initial["scope_choices"] = list(self.instance.scope_list)
