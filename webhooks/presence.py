@@ -20,10 +20,8 @@ event follows its transition by up to that interval plus a scan.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +34,7 @@ from gateway_core.conf import gateway_settings
 from sessions_app.models import SessionRecord
 from sessions_app.selectors import alive_since, node_alive_q
 from webhooks.models import PRESENCE_EVENTS, USER_OFFLINE, USER_ONLINE, Endpoint, PresenceState
+from webhooks.scanning import ScanLoop
 from webhooks.services import NewEvent, events_emit
 
 logger = logging.getLogger("gateway.webhooks")
@@ -178,26 +177,10 @@ def _claim_offline(transition: Transition, absent: datetime, at: datetime) -> bo
     return bool(claimed)
 
 
-class PresenceWatcher:
+class PresenceWatcher(ScanLoop):
     """The node's loop: a scan every ``interval_s``; ``on_emitted`` wakes the sender."""
 
-    interval_s = 1.0
-
-    def __init__(self, *, db: Callable[..., Any], on_emitted: Callable[[], None],
-                 clock: Callable[[], float] = time.time) -> None:
-        self.db = db
-        self.on_emitted = on_emitted
-        self.clock = clock
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.scan_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("presence scan failed; next one in %.0f s", self.interval_s)
-            await asyncio.sleep(self.interval_s)
+    what = "presence"
 
     async def scan_once(self) -> list[Transition]:
         found: list[Transition] = await self.db(

@@ -16,11 +16,8 @@ client's figures are counted: recipients by outcome (its ack ratio) and time to 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +28,7 @@ from gateway_core import metrics
 from gateway_core.conf import gateway_settings
 from push_app.models import WAITING, PushLog, PushRecipient, RecipientState
 from webhooks.models import PUSH_SETTLED, Endpoint, SettledPush
+from webhooks.scanning import ScanLoop
 from webhooks.services import NewEvent, events_emit
 
 logger = logging.getLogger("gateway.webhooks")
@@ -143,26 +141,10 @@ def _count(log: PushLog, data: dict[str, Any],
                 histogram.observe(max(0.0, (acked_at - log.published_at).total_seconds()))
 
 
-class SettleWatcher:
+class SettleWatcher(ScanLoop):
     """The node's loop: a scan every ``interval_s``; ``on_emitted`` wakes the sender."""
 
-    interval_s = 1.0
-
-    def __init__(self, *, db: Callable[..., Any], on_emitted: Callable[[], None],
-                 clock: Callable[[], float] = time.time) -> None:
-        self.db = db
-        self.on_emitted = on_emitted
-        self.clock = clock
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.scan_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("settle scan failed; next one in %.0f s", self.interval_s)
-            await asyncio.sleep(self.interval_s)
+    what = "settle"
 
     async def scan_once(self) -> int:
         claimed: int = await self.db(settle_scan, now=self.clock(),
