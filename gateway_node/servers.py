@@ -9,9 +9,10 @@ Daphne settings chosen against its traps:
   payload limit; the contract's inbound limit (4013) is enforced by the consumer.
 - A listen backlog of 2048 instead of the usual 50, for reconnect storms.
 - Daphne walks every connection once a second (reaping finished application instances)
-  and every two seconds (timeouts, keepalive pings), whether anything changed or not.
-  Here they walk every ``DAPHNE_REAP_EVERY_S`` and ``DAPHNE_TIMEOUTS_EVERY_S`` seconds: a
-  finished instance is reaped, and a handshake nobody answers refused, a few seconds later.
+  and every two seconds (timeouts, keepalive pings), whether anything changed or not:
+  here they visit only the connections they can act on (``gateway_node.daphne_walks``).
+- Twisted formats an access-log line for every HTTP request and hands it to its global log,
+  which nothing here reads (Daphne's own access log is off): skipped.
 - Our own SIGTERM/SIGINT handling drains the node (4012 to every client) before the
   reactor stops; Daphne's own would drop connections without a close frame.
 - A request line or header line longer than Twisted's 16 KiB line limit is answered 431
@@ -61,13 +62,11 @@ from typing import Any
 
 from gateway_core.conf import gateway_settings
 from gateway_node.asgi import build_application
+from gateway_node.daphne_walks import ChangedConnectionWalks
 from gateway_node.node import GatewayNode
 
 logger = logging.getLogger("gateway.server")
 LISTEN_BACKLOG = 2048
-#: How often Daphne's walks over every connection run (module doc); whole seconds.
-DAPHNE_REAP_EVERY_S = 5
-DAPHNE_TIMEOUTS_EVERY_S = 10
 #: After draining, how long close frames get to leave before the process exits.
 DRAIN_FLUSH_S = 0.5
 
@@ -90,33 +89,17 @@ def run_daphne(*, host: str, port: int, node: GatewayNode,
 
     plain_autobahn_log_fields()
     skip_twisted_form_parsing()
+    skip_twisted_access_log()
     answer_oversized_header_lines()
     settle_garbage_collector()
 
-    class GatewayDaphne(Server):
+    class GatewayDaphne(ChangedConnectionWalks, Server):
         listen_failure = ""
-        checker_runs = 0
-        timeout_runs = 0
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             #: The listening ports, closed when the drain starts.
             self.ports: list[Any] = []
-
-        # Daphne reschedules each walk one (two) seconds ahead; only every n-th run walks.
-        def application_checker(self) -> None:
-            self.checker_runs += 1
-            if self.checker_runs % DAPHNE_REAP_EVERY_S:
-                reactor.callLater(1, self.application_checker)
-            else:
-                super().application_checker()
-
-        def timeout_checker(self) -> None:
-            self.timeout_runs += 1
-            if self.timeout_runs % (DAPHNE_TIMEOUTS_EVERY_S // 2):
-                reactor.callLater(2, self.timeout_checker)
-            else:
-                super().timeout_checker()
 
         def listen_error(self, failure: Any) -> None:
             # Daphne logs and keeps the process alive; a node that cannot listen must exit.
@@ -296,6 +279,15 @@ def skip_twisted_form_parsing() -> None:
     request_class._parsePOSTFormSubmission = property(
         lambda self: False, lambda self, value: None
     )
+
+
+def skip_twisted_access_log() -> None:
+    """Skip Twisted's access-log line per HTTP request (module doc): it formats the line and
+    hands it to Twisted's global log, which nothing here observes."""
+    from daphne.http_protocol import HTTPFactory
+
+    factory_class: Any = HTTPFactory
+    factory_class.log = lambda self, request: None
 
 
 #: What a request line or header line over Twisted's line limit gets (module doc).
