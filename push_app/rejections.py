@@ -92,6 +92,10 @@ class RejectionCounter:
             taken, self._buckets = self._buckets, {}
         return taken
 
+    def parts(self, taken: dict[Key, Bucket]) -> list[dict[Key, Bucket]]:
+        """One part: refusals come in tens a second, not thousands."""
+        return [taken]
+
     def untake(self, taken: dict[Key, Bucket]) -> None:
         """Put back counts from a ``take`` whose ``write`` did not happen."""
         with self._lock:

@@ -119,6 +119,33 @@ async def test_ledger_totals_survive_a_failed_write(node: GatewayNode):
     assert written == [({"p1": (2, 0)},)]
 
 
+async def test_the_ledger_is_written_a_database_job_per_part(node: GatewayNode,
+                                                           monkeypatch):
+    # Pushes' commits share the database thread: no job may hold it for a whole second's
+    # deliveries. A part that fails is written, with every later one, next time.
+    monkeypatch.setattr("push_app.ledger.JOB_PUSHES", 2)
+    for n in range(5):
+        node.ledger.delivered(f"p{n}", 1)
+    jobs: list[dict] = []
+
+    async def fails_second_job(fn, *args):
+        if len(jobs) == 1:
+            raise RuntimeError("database is locked")
+        jobs.append(args[0])
+
+    node.db = fails_second_job
+    with pytest.raises(RuntimeError):
+        await node.write_ledger()
+    assert jobs == [{"p0": (1, 0), "p1": (1, 0)}]
+
+    async def works(fn, *args):
+        jobs.append(args[0])
+
+    node.db = works
+    await node.write_ledger()
+    assert jobs[1:] == [{"p2": (1, 0), "p3": (1, 0)}, {"p4": (1, 0)}]
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_asgi_lifespan_starts_the_node_and_drains_it(node: GatewayNode):
     from gatewaysite.asgi import application

@@ -68,6 +68,22 @@ def test_the_ledger_counts_sockets_then_acks_per_user():
     assert state(log.id, "u2") == ("acked", 2)
 
 
+def test_the_ledger_writes_in_parts_in_any_order_to_the_same_end(monkeypatch):
+    monkeypatch.setattr("push_app.recipients.JOB_ROWS", 2)
+    log = create(["u1", "u2", "u3"], ttl=60)
+    ledger = RecipientLedger()
+    ledger.delivered(log.id, {"u1": 1, "u2": 1, "u3": 2})
+    ledger.acked(log.id, "u1")
+    taken = ledger.take()
+    parts = ledger.parts(taken)
+    assert [len(p.delivered) + len(p.acked) for p in parts] == [2, 2]
+    # The ack lands in a later part than its delivery; written first, it still wins.
+    for part in reversed(parts):
+        ledger.write(part)
+    assert [state(log.id, u) for u in ("u1", "u2", "u3")] == [
+        ("acked", 1), ("delivered", 1), ("delivered", 2)]
+
+
 def test_the_inbox_is_the_unacked_kept_pushes_in_accept_order():
     now = timezone.now()
     first = create(["u1"], ttl=60)
