@@ -199,8 +199,11 @@ class Pushes:
         self.gate = asyncio.Semaphore(in_flight)
         self.sent = 0
         self.errors = 0
+        #: Seconds from each accepted push's request to its 202.
+        self.answer_s: list[float] = []
 
     async def one(self, user: str, ttl: int, accepted: set[str] | None = None) -> bool:
+        started = time.perf_counter()
         try:
             status, content = await asyncio.wait_for(
                 self.http.post("/api/v1/push", body([user], ttl)), 30)
@@ -210,6 +213,7 @@ class Pushes:
         if status != 202:
             self.errors += 1
             return False
+        self.answer_s.append(time.perf_counter() - started)
         self.sent += 1
         if accepted is not None:
             accepted.add(json.loads(content)["id"])
@@ -331,6 +335,7 @@ async def latency(*, clients: int, rate: float, duration_s: float, ttls: Sequenc
         pushes = Pushes(gw)
         for ttl in ttls:
             stats.received, stats.latencies_s = 0, []
+            pushes.answer_s = []
             sent_before = pushes.sent
             cpu0, t0 = meter.cpu_s(), time.perf_counter()
             achieved = await pushes.steady(rate=rate, duration_s=duration_s, ttl=ttl,
@@ -345,6 +350,8 @@ async def latency(*, clients: int, rate: float, duration_s: float, ttls: Sequenc
                 "achieved_push_rate": round(achieved, 1), "push_errors": pushes.errors,
                 "expected": expected, "loss": expected - stats.received,
                 "drain_s": round(drain_s, 2), **stats.summary(),
+                "answer_ms": {"p50": percentile_ms(pushes.answer_s, 0.5),
+                              "p99": percentile_ms(pushes.answer_s, 0.99)},
                 "server_cpu_pct": round((meter.cpu_s() - cpu0) / elapsed * 100, 1),
             })
         await pushes.close()
