@@ -290,22 +290,28 @@ def rejections_prune(*, before: datetime, dry_run: bool = False) -> int:
     return old.count() if dry_run else old.delete()[0]
 
 
-def push_logs_prune(*, before: datetime, batch_size: int = 1000,
-                    dry_run: bool = False) -> tuple[int, int]:
-    """Delete push logs created before ``before`` with their deliveries, in batches (short
-    transactions, bounded memory); ``(logs, deliveries)`` deleted, or that would be.
+def push_logs_prune(*, before: datetime, batch_size: int = 1000, dry_run: bool = False,
+                    now: datetime | None = None) -> tuple[int, int, int]:
+    """Delete push logs created before ``before`` with their deliveries and recipients, in
+    batches (short transactions, bounded memory); ``(logs, deliveries, recipients)``
+    deleted, or that would be.
 
-    A push still ``accepted`` is kept whatever its age: it waits for the broker, and an
-    accepted push is never silently lost (PROTOCOL.md section 2).
+    Kept whatever its age: a push still ``accepted`` (it waits for the broker), and a kept
+    push not expired at ``now`` (its users may still connect): an accepted push is never
+    silently lost (PROTOCOL.md sections 2 and 6), even with a retention shorter than its ttl.
     """
-    old = PushLog.objects.filter(created_at__lt=before).exclude(status=PushStatus.ACCEPTED)
+    now = now or timezone.now()
+    old = (PushLog.objects.filter(created_at__lt=before)
+           .exclude(status=PushStatus.ACCEPTED).exclude(expires_at__gt=now))
     if dry_run:
-        return old.count(), PushDelivery.objects.filter(push__in=old).count()
-    logs = deliveries = 0
+        return (old.count(), PushDelivery.objects.filter(push__in=old).count(),
+                PushRecipient.objects.filter(push__in=old).count())
+    logs = deliveries = recipients = 0
     while True:
         ids = list(old.values_list("id", flat=True)[:batch_size])
         if not ids:
-            return logs, deliveries
+            return logs, deliveries, recipients
         with transaction.atomic():
             deliveries += PushDelivery.objects.filter(push_id__in=ids).delete()[0]
+            recipients += PushRecipient.objects.filter(push_id__in=ids).delete()[0]
             logs += PushLog.objects.filter(id__in=ids).only("id").delete()[0]

@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
 
-from push_app.models import ApiRejections, PushDelivery, PushLog, PushStatus
+from push_app.models import ApiRejections, PushDelivery, PushLog, PushRecipient, PushStatus
 from sessions_app.models import Node, SessionRecord
 from tests.support.console import make_node, make_push, make_session
 
@@ -48,8 +48,8 @@ def run(*args: str) -> str:
 def test_prune_deletes_only_old_rows(history):
     rows, _ = history
     out = run()
-    assert ("deleted: 2 push log(s) older than 7 d (1 delivery row(s), 0 rejection count(s))"
-            in out)
+    assert ("deleted: 2 push log(s) created more than 7 d ago (1 delivery row(s), "
+            "0 recipient row(s), 0 rejection count(s))" in out)
     assert set(PushLog.objects.values_list("id", flat=True)) == {
         rows["old_waiting"].id, rows["new_push"].id}  # an accepted push is never dropped
     assert list(PushDelivery.objects.values_list("push_id", flat=True)) == [rows["new_push"].id]
@@ -91,3 +91,36 @@ def test_old_rejection_counts_go_with_old_push_logs(db):
     assert "1 rejection count(s)" in run()
     assert [r.minute.date() for r in ApiRejections.objects.all()] == [
         (now - timedelta(days=2)).date()]
+
+
+def test_a_kept_push_goes_with_its_recipients_once_expired_never_before(db):
+    now = timezone.now()
+    # Retention (1 d) shorter than the ttl (3 d): a user may still connect for this one.
+    waiting = make_push(["u1", "u2"], age=timedelta(days=2), ttl_s=3 * 86400,
+                        expires_at=now + timedelta(days=1))
+    expired = make_push(["u1"], age=timedelta(days=2), ttl_s=3600,
+                        expires_at=now - timedelta(days=2) + timedelta(hours=1))
+    for log in (waiting, expired):
+        PushRecipient.objects.bulk_create(
+            PushRecipient(push=log, app="default", user_id=u, state="pending", kept=True,
+                          expires_at=log.expires_at) for u in log.users)
+    assert "1 push log(s)" in run("--push-days", "1", "--dry-run")
+    out = run("--push-days", "1")
+    assert "1 push log(s) created more than 1 d ago" in out and "1 recipient row(s)" in out
+    assert list(PushLog.objects.values_list("id", flat=True)) == [waiting.id]
+    assert sorted(PushRecipient.objects.values_list("user_id", flat=True)) == ["u1", "u2"]
+
+
+def test_before_replaces_the_days_for_every_kind(history):
+    rows, _ = history
+    later = (timezone.now() + timedelta(minutes=1)).isoformat()
+    out = run("--before", later)
+    assert f"3 push log(s) created before {later}" in out
+    assert list(PushLog.objects.values_list("id", flat=True)) == [rows["old_waiting"].id]
+    # Closed sessions go, open ones stay; nodes still go by --node-days (a live one stays).
+    assert set(SessionRecord.objects.values_list("id", flat=True)) == {"old-open", "on-recent"}
+    assert set(Node.objects.values_list("id", flat=True)) == {"alive", "recent-dead"}
+    with pytest.raises(CommandError, match="give the offset"):
+        run("--before", "2026-11-30T12:00:00")
+    with pytest.raises(CommandError, match="not an ISO 8601"):
+        run("--before", "yesterday")
