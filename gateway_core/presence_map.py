@@ -19,8 +19,12 @@ RocketMQ stores no keyed state. Layout (prefix ``gateway:presence:<topic>:``, ``
 Guarantees:
 
 - ``add`` returns once Redis holds the connection (a connecting session is added before its
-  inbox is read: docs/cluster.md, "the race"). It raises ``PresenceUnavailable`` otherwise;
-  the node then re-adds every session it holds at its next beat.
+  inbox is read: docs/cluster.md, "the race"). The adds of sessions connecting at the same
+  moment share one pipeline (a reconnect storm's thousands of concurrent adds each took a
+  connection of redis-py's pool, which refuses past 100). It raises ``PresenceUnavailable``
+  otherwise; the node then re-adds every session it holds at its next beat, and meanwhile
+  marks its marker incomplete (``mark_incomplete``: sessions ``-1``), so that publishers
+  treat the node as having no marker, and broadcast, until that beat.
 - A node writes its marker only after every session it holds is in the map (``beat``): a
   marker lost with Redis (a restart) comes back only with the node's whole state, so a
   publisher that finds a live node without a marker cannot trust the map, and broadcasts.
@@ -49,6 +53,8 @@ from gateway_core.conf import gateway_settings
 logger = logging.getLogger("gateway.presence")
 
 SEP = "\x1f"
+#: A marker's session count while the process's sessions may be missing from the map.
+INCOMPLETE = -1
 BROADCAST_MODE = "broadcast"
 ROUTED_MODE = "routed"
 
@@ -149,6 +155,9 @@ class PresenceMap:
         self.node_timeout_s = node_timeout_s
         self._client = client
         self._removals: list[tuple[str, str]] = []
+        #: Adds waiting for the next pipeline: (key, member, score, answered when held).
+        self._adds: list[tuple[str, str, float, asyncio.Future[None]]] = []
+        self._adding: asyncio.Task[None] | None = None
         #: True until every session this node holds is known to be in the map.
         self.dirty = True
         self.size = 0
@@ -175,13 +184,50 @@ class PresenceMap:
 
     # --- writes ---------------------------------------------------------------------
     async def add(self, *, app: str, user: str, session_id: str, connected_at: float) -> None:
-        """Add one connection of this node; returns once Redis holds it."""
+        """Add one connection of this node; returns once Redis holds it. Adds made while a
+        pipeline is out go together in the next one."""
+        held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._adds.append((self.keys.user(app, user), self.member(session_id), connected_at,
+                           held))
+        if self._adding is None or self._adding.done():
+            self._adding = asyncio.create_task(self._write_adds(), name="presence-adds")
         try:
-            await self._run(self._redis().zadd(
-                self.keys.user(app, user), {self.member(session_id): connected_at}))
+            await asyncio.shield(held)
         except PresenceUnavailable:
             self.dirty = True
             raise
+
+    async def _write_adds(self) -> None:
+        while self._adds:
+            batch, self._adds = self._adds[:self.resync_chunk], self._adds[self.resync_chunk:]
+            try:
+                pipe = self._redis().pipeline(transaction=False)
+                for key, member, score, _ in batch:
+                    pipe.zadd(key, {member: score})
+                await self._run(pipe.execute())
+            except Exception as exc:
+                failure = (exc if isinstance(exc, PresenceUnavailable)
+                           else PresenceUnavailable(f"redis: {type(exc).__name__}: {exc}"))
+                for *_, held in batch:
+                    if not held.done():
+                        held.set_exception(failure)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for *_, held in batch:
+                if not held.done():
+                    held.set_result(None)
+
+    async def mark_incomplete(self) -> None:
+        """Say in this process's marker that the map may lack some of its sessions (an add
+        failed): publishers then broadcast, as for a node without a marker, until the next
+        beat has re-added them all and rewritten the marker."""
+        self.dirty = True
+        pipe = self._redis().pipeline(transaction=False)
+        pipe.hset(self.keys.node(self.node_id), self.incarnation,
+                  f"{int(self.clock() * 1000)}:{INCOMPLETE}")
+        pipe.expire(self.keys.node(self.node_id), self.node_timeout_s)
+        await self._run(pipe.execute())
 
     def remove(self, *, app: str, user: str, session_id: str) -> None:
         """Queue the removal of one connection of this node (written by ``flush``)."""
@@ -272,7 +318,7 @@ class PresenceMap:
         gone = []
         for node, fields in zip(nodes, await self._fields(nodes), strict=True):
             live = self._live(fields)
-            total += sum(live.values())
+            total += sum(max(0, count) for count in live.values())
             if not fields:
                 gone.append(node)
             elif len(live) < len(fields):
@@ -322,10 +368,12 @@ class PresenceMap:
         return self._markers(nodes, await self._fields(nodes))
 
     def _markers(self, nodes: list[str], fields: list[dict[Any, Any]]) -> dict[str, set[str]]:
+        """Each node with a live marker and none of its processes' marked incomplete: a node
+        any of whose processes may lack sessions in the map counts as having no marker."""
         found = {}
         for node, values in zip(nodes, fields, strict=True):
             live = self._live(values)
-            if live:
+            if live and all(count != INCOMPLETE for count in live.values()):
                 found[node] = set(live)
         return found
 

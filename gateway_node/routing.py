@@ -76,12 +76,18 @@ class NodeRouting:
                                     connected_at=session.connected_at)
             self._add_failing = False
         except PresenceUnavailable as exc:
-            # Re-added at the next beat that reaches Redis; meanwhile publishers that cannot
-            # reach Redis either broadcast (docs/cluster.md, "Faults").
+            # Re-added at the next beat that reaches Redis. Until then no publisher may
+            # trust the map for this node's users: before the session's inbox is read, the
+            # marker says so and publishers broadcast (docs/cluster.md, "Faults"); those
+            # that cannot reach Redis at all broadcast anyway.
             if not self._add_failing:
                 logger.warning("session not added to the presence map: %s", exc,
                                extra={"session_id": session.session_id})
             self._add_failing = True
+            try:
+                await self.presence.mark_incomplete()
+            except PresenceUnavailable as marking:
+                logger.warning("presence marker not marked incomplete: %s", marking)
             return
         cap = gateway_settings.max_connections_per_user_cluster
         if cap:

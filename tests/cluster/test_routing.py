@@ -115,6 +115,38 @@ async def test_the_presence_map_in_redis() -> None:
         await two.close()
 
 
+async def test_a_storm_of_adds_is_held_and_an_incomplete_marker_is_no_marker() -> None:
+    topic = f"map-{uuid.uuid4().hex[:8]}"
+    client = aioredis.Redis.from_url(redis_url())
+    node = PresenceMap(url=redis_url(), node_id="n1", incarnation="i1", node_timeout_s=30,
+                       topic=topic)
+    reader = PresenceMap(url=redis_url(), node_id="r", incarnation="i1", node_timeout_s=30,
+                         topic=topic)
+    try:
+        await node.beat(lambda: [])
+        # 2,000 sessions connecting at once: one connection each from redis-py's pool
+        # (at most 100) refused most of them; together in pipelines, every one is held.
+        await asyncio.gather(*(node.add(app="default", user=f"u{i}", session_id=f"s{i}",
+                                        connected_at=float(i)) for i in range(2000)))
+        held, markers = await reader.holders([("default", f"u{i}") for i in range(2000)],
+                                             also_nodes=["n1"])
+        assert all(nodes == {"n1"} for nodes in held.values()) and markers == {"n1": {"i1"}}
+        # A failed add marks the marker incomplete: readers see the node as unmarked (the
+        # router then broadcasts) until its next beat re-adds everything.
+        await node.mark_incomplete()
+        assert (await reader.holders([], also_nodes=["n1"]))[1] == {}
+        assert node.dirty
+        await node.beat(lambda: [LocalSession("default", "u1", "s1", 1.0)])
+        assert (await reader.holders([], also_nodes=["n1"]))[1] == {"n1": {"i1"}}
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"gateway:presence:{topic}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        await node.close()
+        await reader.close()
+
+
 # --- three routed nodes -----------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=BROKERS)

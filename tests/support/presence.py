@@ -17,6 +17,8 @@ class FakePresence:
         #: node -> incarnation, for nodes with a live marker
         self.marked: dict[str, str] = {node_id: "1"}
         self.available = True
+        #: Adds fail while the rest of the map answers (a partial failure).
+        self.adds_fail = False
         self.lookups = 0
         self.removed: list[tuple[str, str, str]] = []
 
@@ -32,7 +34,13 @@ class FakePresence:
 
     async def add(self, *, app: str, user: str, session_id: str, connected_at: float) -> None:
         self._check()
+        if self.adds_fail:
+            raise PresenceUnavailable("fake adds switched off")
         self.put(self.node_id, app, user, session_id, connected_at)
+
+    async def mark_incomplete(self) -> None:
+        self._check()
+        self.marked.pop(self.node_id, None)  # read as a node without a marker
 
     def remove(self, *, app: str, user: str, session_id: str) -> None:
         self.removed.append((app, user, session_id))

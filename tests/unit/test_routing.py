@@ -228,6 +228,20 @@ async def test_the_map_down_does_not_stop_a_connection():
     assert hub.registry.get("s1") is session
 
 
+async def test_a_session_missing_from_the_map_makes_publishers_broadcast():
+    # An add that fails while the map answers lookups (found under a reconnect storm):
+    # were the node's marker left as it was, a publisher would find the user connected
+    # nowhere and publish its push to no node, after the session's inbox was read.
+    presence = FakePresence()
+    _, hub, _ = make_routing(presence)
+    presence.adds_fail = True
+    await hub.open(make_session("u1", "s1"), max_per_user=5)
+    assert hub.registry.get("s1") is not None
+    presence.marked["n2"] = "1"
+    routes = await router(presence, live={"n1", "n2"}).route([push("a")])
+    assert ids(routes) == [(BROADCAST, ["a"])]
+
+
 async def test_the_cluster_cap_closes_the_oldest_connection_wherever_it_is():
     presence = FakePresence()
     presence.put("n2", "default", "u1", "remote-old", 1.0)
