@@ -3,7 +3,8 @@
     python -m bench.kept rest --clients 1000 --phase 5 --phases 4     # ttl 0 vs 60, one run
     python -m bench.kept latency --clients 10000 --rate 1500 --duration 10 [--ack]
     python -m bench.kept resume --clients 30 --missed 100
-    python -m bench.kept storm --clients 5000 --rate 200
+    python -m bench.kept storm --clients 5000 --rate 200 [--standby]
+    python -m bench.kept retention --clients 1000 --rate 500 --duration 120
 
 ``rest``: single-push REST as fast as ``--in-flight`` keep-alive connections go, alternating
 ``ttl: 0`` and ``ttl: 60`` phases on one node and one client pool; pushes/s of each and the
@@ -14,7 +15,10 @@ request), then the reconnect with ``since``: time to the last replayed frame, fr
 connect and from the 101 answer. ``storm``: ``--clients`` users connected and acking, kept
 pushes flowing, the node drained (SIGTERM, 4012) and started again on the same data dir and
 port; every client reconnects with ``since`` its last push; time until all are back, and
-every accepted push checked against what its user received (lost, duplicates).
+every accepted push checked against what its user received (lost, duplicates); with
+``--standby`` they reconnect to a second node instead, which takes the pushes throughout.
+``retention``: a long mixed load, then the rows by table before and after
+``prunegateway``.
 
 Every loop is bounded in count and time; every gateway started is stopped at the end.
 """
@@ -31,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,7 @@ from bench.loadgen import (
     wait_received,
 )
 from bench.run import ProcessMeter, token
+from tests.monitoring.support import ThrowawayRedis
 from tests.support.gateway import GatewayProcess, start_gateway
 
 SERVER = {"name": "daphne"}
@@ -170,10 +176,10 @@ def ws_url(gw: GatewayProcess, user: str, since: str | None = None) -> str:
 # --- gateways and pushes ------------------------------------------------------------------------
 
 def start(workdir: Path, node_id: str, *, port: int | None = None,
-          env: dict[str, str] | None = None) -> GatewayProcess:
+          env: dict[str, str] | None = None, migrate: bool = True) -> GatewayProcess:
     return start_gateway(workdir, node_id=node_id, port=port,
                          env={**BASE_ENV, **EXTRA_ENV, **(env or {})},
-                         args=["--server", SERVER["name"]])
+                         args=["--server", SERVER["name"]], migrate=migrate)
 
 
 @contextlib.contextmanager
@@ -403,7 +409,10 @@ async def resume(*, clients: int, missed: int, workdir: Path) -> list[dict[str, 
 
 
 async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
-                concurrency: int, workdir: Path) -> list[dict[str, Any]]:
+                concurrency: int, standby: bool, workdir: Path) -> list[dict[str, Any]]:
+    """With ``standby``, a second node (the two sharing a SQLite file and a throwaway
+    ``redis-server`` broker, as a cluster does) takes the pushes throughout and every
+    reconnect, and the drained node is not started again."""
     logs = [UserLog(f"s{i}") for i in range(clients)]
     stats = Stats()
     sources = source_addresses()
@@ -411,10 +420,21 @@ async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
     deadline = time.perf_counter() + 180
     reconnected_at: list[float] = []
     attempts = 0
-    gw = start(workdir, "kept-storm")
+    env: dict[str, str] = {}
+    redis: ThrowawayRedis | None = None
+    other: GatewayProcess | None = None
+    if standby:
+        redis = ThrowawayRedis(workdir)
+        redis.start()
+        (workdir / "shared").mkdir()
+        env = {"GATEWAY_DATA_DIR": str(workdir / "shared"), "GATEWAY_BROKER": "redis",
+               "REDIS_URL": redis.url}
+    gw = start(workdir, "kept-storm", env=env)
     port = gw.port
     live: list[TrackingClient] = []
     try:
+        if standby:
+            other = start(workdir, "kept-storm-b", env=env, migrate=False)
         async def keep(log: UserLog, first: bool) -> None:
             """Connect (again, with ``since``) until connected; then wait for a close."""
             nonlocal attempts
@@ -424,8 +444,9 @@ async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
                 async with gate:
                     attempts += 0 if first else 1
                     try:
+                        to = gw if first or other is None else other
                         client = await open_tracking(
-                            ws_url(gw, log.user, None if first else log.last_id), stats, log,
+                            ws_url(to, log.user, None if first else log.last_id), stats, log,
                             source=next(sources), ack=True, timeout_s=10)
                     except Exception:
                         delay = min(1.0, max(0.1, delay * 2)) * random.uniform(0.5, 1.0)
@@ -438,7 +459,7 @@ async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
         t0 = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(keep(lg, True) for lg in logs)), 180)
         connect_s = time.perf_counter() - t0
-        pushes = Pushes(gw)
+        pushes = Pushes(other or gw)
         pusher = asyncio.create_task(pushes.steady(
             rate=rate, duration_s=before_s + after_s + 60, ttl=60,
             pick=lambda: random.choice(logs)))
@@ -450,8 +471,11 @@ async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
         term_at = time.perf_counter()
         stop_code = await asyncio.to_thread(gw.stop, signal.SIGTERM, 90.0)
         stopped_at = time.perf_counter()
-        gw = await asyncio.to_thread(start, workdir, "kept-storm", port=port)
-        ready_at = time.perf_counter()
+        if other is None:
+            gw = await asyncio.to_thread(start, workdir, "kept-storm", port=port)
+            ready_at = time.perf_counter()
+        else:
+            ready_at = term_at  # the standby was ready all along
         await asyncio.wait_for(asyncio.gather(*watchers), 120)
         all_back_at = time.perf_counter()
         await asyncio.sleep(after_s)
@@ -466,6 +490,9 @@ async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
                and time.perf_counter() < settle_deadline):
             await asyncio.sleep(0.2)
         report = loss_report(accepted, received)
+        lost_sample = sorted((user, push) for user, ids in accepted.items()
+                             for push in ids - received.get(user, set()))[:20]
+        (workdir / "lost.json").write_text(json.dumps(lost_sample))
         frames = sum(lg.frames for lg in logs)
         unique = sum(len(lg.ids) for lg in logs)
         closes: dict[int | None, int] = {}
@@ -474,12 +501,13 @@ async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
         recov = [lg.welcomes[-1].get("recovery") for lg in logs if len(lg.welcomes) > 1]
         result = {
             "scenario": "kept-storm", "gateway_server": SERVER["name"], "clients": clients,
+            "standby": standby, "workdir": str(workdir),
             "connected_first": len(first_conns), "connect_s": round(connect_s, 1),
             "push_rate": rate, "push_errors": pushes.errors, **report,
             "frames": frames, "unique": unique, "duplicates": frames - unique,
             "first_closes": {str(k): v for k, v in closes.items()},
             "stop_exit": stop_code, "drain_s": round(stopped_at - term_at, 2),
-            "restart_s": round(ready_at - stopped_at, 2),
+            "restart_s": None if standby else round(ready_at - stopped_at, 2),
             "reconnected": len(reconnected_at), "reconnect_attempts": attempts,
             "all_back_after_ready_s": round(all_back_at - ready_at, 2),
             "all_back_after_sigterm_s": round(all_back_at - term_at, 2),
@@ -496,6 +524,10 @@ async def storm(*, clients: int, rate: float, before_s: float, after_s: float,
         return [result]
     finally:
         gw.stop()
+        if other is not None:
+            other.stop()
+        if redis is not None:
+            redis.stop()
 
 
 async def _reconnect_after(client: TrackingClient, log: UserLog,
@@ -504,9 +536,81 @@ async def _reconnect_after(client: TrackingClient, log: UserLog,
     await keep(log, False)
 
 
+#: Counted before and after the prune (``retention``): the tables kept pushes grow.
+_COUNT_ROWS = """
+import json
+from django.db.models import Count
+from push_app.models import PushDelivery, PushLog, PushRecipient
+from sessions_app.models import SessionRecord
+from webhooks.models import Event
+print(json.dumps({
+    "push_logs": PushLog.objects.count(),
+    "recipients": PushRecipient.objects.count(),
+    "recipients_by_state": dict(PushRecipient.objects.values_list("state")
+                                .annotate(n=Count("id")).order_by("state")),
+    "deliveries": PushDelivery.objects.count(),
+    "sessions": SessionRecord.objects.count(),
+    "webhook_events": Event.objects.count(),
+}))
+"""
+
+
+async def retention(*, clients: int, rate: float, duration_s: float, keep_ttl: int,
+                    workdir: Path) -> list[dict[str, Any]]:
+    """Half the users connected and acking, half away; targeted pushes at ``rate`` for
+    ``duration_s``, half ``ttl: 0`` and half ``ttl: keep_ttl``, plus ten ``ttl: 3600`` to
+    users away; once the short ones expired, the rows by table, then ``prunegateway
+    --before`` now (as a daily run finds a day-old load), then the rows again: everything
+    but the ten still waiting goes."""
+    online = [UserLog(f"on{i}") for i in range(clients // 2)]
+    away = [f"off{i}" for i in range(clients - clients // 2)]
+    everyone = [log.user for log in online] + away
+    stats = Stats()
+    sources = source_addresses()
+    with node(workdir, "kept-retention", env={"GATEWAY_RECORD_INTERVAL": "1"}) as gw:
+        gate = asyncio.Semaphore(200)
+
+        async def connect(log: UserLog) -> TrackingClient:
+            async with gate:
+                return await open_tracking(ws_url(gw, log.user), stats, log,
+                                           source=next(sources), ack=True)
+
+        conns = await asyncio.wait_for(asyncio.gather(*(connect(lg) for lg in online)), 120)
+        live, kept = Pushes(gw), Pushes(gw)
+        started = time.perf_counter()
+        await asyncio.gather(
+            live.steady(rate=rate / 2, duration_s=duration_s, ttl=0,
+                        pick=lambda: random.choice(everyone)),
+            kept.steady(rate=rate / 2, duration_s=duration_s, ttl=keep_ttl,
+                        pick=lambda: random.choice(everyone)))
+        long_kept = Pushes(gw)
+        for user in away[:10]:
+            await long_kept.one(user, 3600)
+        pushing_s = time.perf_counter() - started
+        await asyncio.sleep(keep_ttl + 3)  # the short ones expire; a beat settles them
+        await asyncio.gather(*(c.close() for c in conns))
+        before = json.loads(gw.manage("shell", "-c", _COUNT_ROWS).strip().splitlines()[-1])
+        cutoff = datetime.now(UTC).isoformat()
+        t0 = time.perf_counter()
+        said = gw.manage("prunegateway", "--before", cutoff, timeout=600).strip()
+        prune_s = time.perf_counter() - t0
+        after = json.loads(gw.manage("shell", "-c", _COUNT_ROWS).strip().splitlines()[-1])
+        for p in (live, kept, long_kept):
+            await p.close()
+    return [{
+        "scenario": "kept-retention", "gateway_server": SERVER["name"], "clients": clients,
+        "rate": rate, "pushing_s": round(pushing_s, 1), "keep_ttl": keep_ttl,
+        "accepted": live.sent + kept.sent + long_kept.sent,
+        "push_errors": live.errors + kept.errors + long_kept.errors,
+        "rows_before_prune": before, "prune_s": round(prune_s, 2), "prune_said": said,
+        "rows_after_prune": after,
+    }]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.kept")
-    parser.add_argument("scenario", choices=["rest", "latency", "resume", "storm"])
+    parser.add_argument("scenario",
+                        choices=["rest", "latency", "resume", "storm", "retention"])
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--rate", type=float, default=None)
@@ -517,9 +621,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ttls", default="0,60", help="latency: phases, in order")
     parser.add_argument("--ack", action="store_true", help="latency: clients ack each push")
     parser.add_argument("--missed", type=int, default=100)
+    parser.add_argument("--keep-ttl", type=int, default=5, help="retention: the kept pushes' ttl")
     parser.add_argument("--before", type=float, default=3.0, help="storm: pushing before drain")
     parser.add_argument("--after", type=float, default=3.0, help="storm: pushing after all back")
     parser.add_argument("--concurrency", type=int, default=500, help="storm: handshakes at once")
+    parser.add_argument("--standby", action="store_true",
+                        help="storm: reconnect to a second node instead of a restart")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the gateway (repeatable)")
     args = parser.parse_args(argv)
@@ -537,10 +644,15 @@ def main(argv: list[str] | None = None) -> None:
     elif s == "resume":
         lines = asyncio.run(resume(clients=args.clients or 30, missed=args.missed,
                                    workdir=workdir))
+    elif s == "retention":
+        lines = asyncio.run(retention(clients=args.clients or 1000, rate=args.rate or 500,
+                                      duration_s=args.duration, keep_ttl=args.keep_ttl,
+                                      workdir=workdir))
     else:
         lines = asyncio.run(storm(clients=args.clients or 5000, rate=args.rate or 200,
                                   before_s=args.before, after_s=args.after,
-                                  concurrency=args.concurrency, workdir=workdir))
+                                  concurrency=args.concurrency, standby=args.standby,
+                                  workdir=workdir))
     for line in lines:
         print(json.dumps(line), flush=True)
 
