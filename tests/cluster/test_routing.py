@@ -11,7 +11,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -43,108 +43,113 @@ CLUSTER_CAP = 2
 
 # --- the map itself -------------------------------------------------------------------
 
-async def test_the_presence_map_in_redis() -> None:
-    topic = f"map-{uuid.uuid4().hex[:8]}"
-    client = aioredis.Redis.from_url(redis_url())
-    one = PresenceMap(url=redis_url(), node_id="n1", incarnation="i1", node_timeout_s=30,
-                      topic=topic)
-    two = PresenceMap(url=redis_url(), node_id="n2", incarnation="i1", node_timeout_s=30,
-                      topic=topic)
+class Maps:
+    """Presence maps of one throwaway topic in the suite's Redis, closed and their keys
+    deleted at the end."""
+
+    def __init__(self) -> None:
+        self.topic = f"map-{uuid.uuid4().hex[:8]}"
+        self.client = aioredis.Redis.from_url(redis_url())
+        self.made: list[PresenceMap] = []
+
+    def make(self, node_id: str, incarnation: str = "i1") -> PresenceMap:
+        self.made.append(PresenceMap(url=redis_url(), node_id=node_id,
+                                     incarnation=incarnation, node_timeout_s=30,
+                                     topic=self.topic))
+        return self.made[-1]
+
+    async def aclose(self) -> None:
+        keys = [k async for k in self.client.scan_iter(
+            match=f"gateway:presence:{self.topic}:*")]
+        if keys:
+            await self.client.delete(*keys)
+        await self.client.aclose()
+        for m in self.made:
+            await m.close()
+
+
+@pytest.fixture
+async def maps() -> AsyncIterator[Maps]:
+    found = Maps()
+    yield found
+    await found.aclose()
+
+
+async def test_the_presence_map_in_redis(maps: Maps) -> None:
+    client = maps.client
+    one, two = maps.make("n1"), maps.make("n2")
     held_by_one = [LocalSession("default", "u1", "s1", 1.0)]
-    try:
-        await one.beat(lambda: held_by_one)
-        await two.beat(lambda: [])
-        await two.add(app="default", user="u1", session_id="s2", connected_at=2.0)
-        await two.add(app="shop", user="u1", session_id="s3", connected_at=3.0)
-        found, markers = await one.lookup([("default", "u1"), ("default", "u2")])
-        assert [(c.node, c.session_id) for c in found[("default", "u1")]] == [
-            ("n1", "s1"), ("n2", "s2")]
-        assert found[("default", "u2")] == []
-        assert markers == {"n1": {"i1"}, "n2": {"i1"}}
-        # What routing reads: the holding nodes only, in one round trip.
-        held, _ = await one.holders([("default", "u1"), ("shop", "u1"), ("default", "u2")],
-                                    also_nodes=["n1"])
-        assert held == {("default", "u1"): {"n1", "n2"}, ("shop", "u1"): {"n2"},
-                        ("default", "u2"): set()}
-        assert await one.cluster_size() == 1  # n2's marker counts at its next beat
-        await two.beat(lambda: [LocalSession("default", "u1", "s2", 2.0),
-                                LocalSession("shop", "u1", "s3", 3.0)])
-        assert await one.cluster_size() == 3
+    await one.beat(lambda: held_by_one)
+    await two.beat(lambda: [])
+    await two.add(app="default", user="u1", session_id="s2", connected_at=2.0)
+    await two.add(app="shop", user="u1", session_id="s3", connected_at=3.0)
+    found, markers = await one.lookup([("default", "u1"), ("default", "u2")])
+    assert [(c.node, c.session_id) for c in found[("default", "u1")]] == [
+        ("n1", "s1"), ("n2", "s2")]
+    assert found[("default", "u2")] == []
+    assert markers == {"n1": {"i1"}, "n2": {"i1"}}
+    # What routing reads: the holding nodes only, in one round trip.
+    held, _ = await one.holders([("default", "u1"), ("shop", "u1"), ("default", "u2")],
+                                also_nodes=["n1"])
+    assert held == {("default", "u1"): {"n1", "n2"}, ("shop", "u1"): {"n2"},
+                    ("default", "u2"): set()}
+    assert await one.cluster_size() == 1  # n2's marker counts at its next beat
+    await two.beat(lambda: [LocalSession("default", "u1", "s2", 2.0),
+                            LocalSession("shop", "u1", "s3", 3.0)])
+    assert await one.cluster_size() == 3
 
-        # A removal is queued, written with the next flush (or beat).
-        two.remove(app="default", user="u1", session_id="s2")
-        await two.flush()
-        assert [c.session_id for c in await one.connections("default", "u1")] == ["s1"]
+    # A removal is queued, written with the next flush (or beat).
+    two.remove(app="default", user="u1", session_id="s2")
+    await two.flush()
+    assert [c.session_id for c in await one.connections("default", "u1")] == ["s1"]
 
-        # n2 dies: once its marker is gone, its connections are gone from lookups (and
-        # removed from Redis by the lookup that met them).
-        await client.delete(two.keys.node("n2"))
-        assert (await one.holders([("shop", "u1")]))[0] == {("shop", "u1"): set()}
-        assert await one.connections("shop", "u1") == []
-        assert await client.zcard(two.keys.user("shop", "u1")) == 0
+    # n2 dies: once its marker is gone, its connections are gone from lookups (and
+    # removed from Redis by the lookup that met them).
+    await client.delete(two.keys.node("n2"))
+    assert (await one.holders([("shop", "u1")]))[0] == {("shop", "u1"): set()}
+    assert await one.connections("shop", "u1") == []
+    assert await client.zcard(two.keys.user("shop", "u1")) == 0
 
-        # A second process of n1 (a split node's other web process): both count.
-        other = PresenceMap(url=redis_url(), node_id="n1", incarnation="i2",
-                            node_timeout_s=30, topic=topic)
-        await other.beat(lambda: [LocalSession("default", "u1", "s9", 9.0)])
-        await other.add(app="default", user="u1", session_id="s9", connected_at=9.0)
-        assert [c.session_id for c in await one.connections("default", "u1")] == ["s1", "s9"]
-        # A process that stops beating counts no more past the node timeout (a reader whose
-        # clock is 31 s ahead); one that stops cleanly, at once.
-        ahead = PresenceMap(url=redis_url(), node_id="reader", incarnation="x",
-                            node_timeout_s=30, topic=topic)
-        ahead.clock = lambda: time.time() + 31
-        assert await ahead.markers(["n1"]) == {}
-        await ahead.close()
-        await other.leave()
-        await other.close()
-        assert [c.session_id for c in await one.connections("default", "u1")] == ["s1"]
+    # A second process of n1 (a split node's other web process): both count.
+    other = maps.make("n1", "i2")
+    await other.beat(lambda: [LocalSession("default", "u1", "s9", 9.0)])
+    await other.add(app="default", user="u1", session_id="s9", connected_at=9.0)
+    assert [c.session_id for c in await one.connections("default", "u1")] == ["s1", "s9"]
+    # A process that stops beating counts no more past the node timeout (a reader whose
+    # clock is 31 s ahead); one that stops cleanly, at once.
+    ahead = maps.make("reader", "x")
+    ahead.clock = lambda: time.time() + 31
+    assert await ahead.markers(["n1"]) == {}
+    await ahead.close()
+    await other.leave()
+    await other.close()
+    assert [c.session_id for c in await one.connections("default", "u1")] == ["s1"]
 
-        # Redis loses everything (a restart without persistence): the node's next beat
-        # re-adds every session it holds before its marker comes back.
-        await client.delete(*[k async for k in client.scan_iter(match=f"{one.keys.prefix}*")])
-        assert (await one.lookup([], also_nodes=["n1"]))[1] == {}
-        await one.beat(lambda: held_by_one)
-        assert [c.session_id for c in await one.connections("default", "u1")] == ["s1"]
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"gateway:presence:{topic}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-        await one.close()
-        await two.close()
+    # Redis loses everything (a restart without persistence): the node's next beat
+    # re-adds every session it holds before its marker comes back.
+    await client.delete(*[k async for k in client.scan_iter(match=f"{one.keys.prefix}*")])
+    assert (await one.lookup([], also_nodes=["n1"]))[1] == {}
+    await one.beat(lambda: held_by_one)
+    assert [c.session_id for c in await one.connections("default", "u1")] == ["s1"]
 
 
-async def test_a_storm_of_adds_is_held_and_an_incomplete_marker_is_no_marker() -> None:
-    topic = f"map-{uuid.uuid4().hex[:8]}"
-    client = aioredis.Redis.from_url(redis_url())
-    node = PresenceMap(url=redis_url(), node_id="n1", incarnation="i1", node_timeout_s=30,
-                       topic=topic)
-    reader = PresenceMap(url=redis_url(), node_id="r", incarnation="i1", node_timeout_s=30,
-                         topic=topic)
-    try:
-        await node.beat(lambda: [])
-        # 2,000 sessions connecting at once: one connection each from redis-py's pool
-        # (at most 100) refused most of them; together in pipelines, every one is held.
-        await asyncio.gather(*(node.add(app="default", user=f"u{i}", session_id=f"s{i}",
-                                        connected_at=float(i)) for i in range(2000)))
-        held, markers = await reader.holders([("default", f"u{i}") for i in range(2000)],
-                                             also_nodes=["n1"])
-        assert all(nodes == {"n1"} for nodes in held.values()) and markers == {"n1": {"i1"}}
-        # A failed add marks the marker incomplete: readers see the node as unmarked (the
-        # router then broadcasts) until its next beat re-adds everything.
-        await node.mark_incomplete()
-        assert (await reader.holders([], also_nodes=["n1"]))[1] == {}
-        assert node.dirty
-        await node.beat(lambda: [LocalSession("default", "u1", "s1", 1.0)])
-        assert (await reader.holders([], also_nodes=["n1"]))[1] == {"n1": {"i1"}}
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"gateway:presence:{topic}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-        await node.close()
-        await reader.close()
+async def test_a_storm_of_adds_is_held_and_an_incomplete_marker_is_no_marker(maps: Maps) -> None:
+    node, reader = maps.make("n1"), maps.make("r")
+    await node.beat(lambda: [])
+    # 2,000 sessions connecting at once: one connection each from redis-py's pool
+    # (at most 100) refused most of them; together in pipelines, every one is held.
+    await asyncio.gather(*(node.add(app="default", user=f"u{i}", session_id=f"s{i}",
+                                    connected_at=float(i)) for i in range(2000)))
+    held, markers = await reader.holders([("default", f"u{i}") for i in range(2000)],
+                                         also_nodes=["n1"])
+    assert all(nodes == {"n1"} for nodes in held.values()) and markers == {"n1": {"i1"}}
+    # A failed add marks the marker incomplete: readers see the node as unmarked (the
+    # router then broadcasts) until its next beat re-adds everything.
+    await node.mark_incomplete()
+    assert (await reader.holders([], also_nodes=["n1"]))[1] == {}
+    assert node.dirty
+    await node.beat(lambda: [LocalSession("default", "u1", "s1", 1.0)])
+    assert (await reader.holders([], also_nodes=["n1"]))[1] == {"n1": {"i1"}}
 
 
 # --- three routed nodes -----------------------------------------------------------------
