@@ -1,5 +1,5 @@
 """Kept pushes, resume and per-recipient state end to end (PROTOCOL.md section 6), against
-real nodes under both servers.
+real nodes under both servers on SQLite, and under Daphne on PostgreSQL.
 
 Each test uses users of its own on a node shared by the module (record interval and
 delivery writes: once a second), and polls the recipients endpoint for states, which the
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -26,6 +27,7 @@ from tests.support.clients import (
     uid,
     ws_connect,
 )
+from tests.support.cluster import fresh_database
 from tests.support.gateway import SERVERS, GatewayProcess
 
 pytestmark = pytest.mark.e2e
@@ -34,10 +36,32 @@ pytestmark = pytest.mark.e2e
 SETTLE_S = 8.0
 
 
-@pytest.fixture(scope="module", params=SERVERS)
-def node(request: pytest.FixtureRequest, start_module_node: Any) -> GatewayProcess:
-    return start_module_node(f"e2e-kept-{request.param}", server=request.param,
-                             GATEWAY_RECORD_INTERVAL="1", GATEWAY_MAX_PENDING_PER_USER="3")
+@pytest.fixture(scope="module", params=[
+    *((server, "sqlite") for server in SERVERS),
+    pytest.param(("daphne", "postgresql"), marks=pytest.mark.postgres),
+], ids=lambda p: "-".join(p))
+def variant(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(server, database) of the module's node."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def database_env(variant: tuple[str, str]) -> Iterator[dict[str, str]]:
+    # Set up before the node's starter, so torn down after the node has stopped.
+    if variant[1] != "postgresql":
+        yield {}
+        return
+    with fresh_database("kept") as url:
+        yield {"DATABASE_URL": url}
+
+
+@pytest.fixture(scope="module")
+def node(variant: tuple[str, str], database_env: dict[str, str],
+         start_module_node: Any) -> GatewayProcess:
+    server, database = variant
+    return start_module_node(f"e2e-kept-{server}-{database}", server=server,
+                             GATEWAY_RECORD_INTERVAL="1", GATEWAY_MAX_PENDING_PER_USER="3",
+                             **database_env)
 
 
 @pytest.fixture(scope="module")
