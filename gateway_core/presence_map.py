@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import RedisError
 
 from gateway_core import routing_metrics
+from gateway_core.batching import Batcher
 from gateway_core.conf import gateway_settings
 
 logger = logging.getLogger("gateway.presence")
@@ -155,9 +156,8 @@ class PresenceMap:
         self.node_timeout_s = node_timeout_s
         self._client = client
         self._removals: list[tuple[str, str]] = []
-        #: Adds waiting for the next pipeline: (key, member, score, answered when held).
-        self._adds: list[tuple[str, str, float, asyncio.Future[None]]] = []
-        self._adding: asyncio.Task[None] | None = None
+        self._adds: Batcher[tuple[str, str, float], None] = Batcher(
+            self._write_adds, max_items=self.resync_chunk, name="presence-adds")
         #: True until every session this node holds is known to be in the map.
         self.dirty = True
         self.size = 0
@@ -186,37 +186,19 @@ class PresenceMap:
     async def add(self, *, app: str, user: str, session_id: str, connected_at: float) -> None:
         """Add one connection of this node; returns once Redis holds it. Adds made while a
         pipeline is out go together in the next one."""
-        held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._adds.append((self.keys.user(app, user), self.member(session_id), connected_at,
-                           held))
-        if self._adding is None or self._adding.done():
-            self._adding = asyncio.create_task(self._write_adds(), name="presence-adds")
         try:
-            await asyncio.shield(held)
+            await self._adds.call((self.keys.user(app, user), self.member(session_id),
+                                   connected_at))
         except PresenceUnavailable:
             self.dirty = True
             raise
 
-    async def _write_adds(self) -> None:
-        while self._adds:
-            batch, self._adds = self._adds[:self.resync_chunk], self._adds[self.resync_chunk:]
-            try:
-                pipe = self._redis().pipeline(transaction=False)
-                for key, member, score, _ in batch:
-                    pipe.zadd(key, {member: score})
-                await self._run(pipe.execute())
-            except Exception as exc:
-                failure = (exc if isinstance(exc, PresenceUnavailable)
-                           else PresenceUnavailable(f"redis: {type(exc).__name__}: {exc}"))
-                for *_, held in batch:
-                    if not held.done():
-                        held.set_exception(failure)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            for *_, held in batch:
-                if not held.done():
-                    held.set_result(None)
+    async def _write_adds(self, adds: Sequence[tuple[str, str, float]]) -> list[None]:
+        pipe = self._redis().pipeline(transaction=False)
+        for key, member, score in adds:
+            pipe.zadd(key, {member: score})
+        await self._run(pipe.execute())
+        return [None] * len(adds)
 
     async def mark_incomplete(self) -> None:
         """Say in this process's marker that the map may lack some of its sessions (an add

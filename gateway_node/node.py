@@ -20,7 +20,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -28,6 +28,7 @@ from channels.layers import get_channel_layer
 from django.db import close_old_connections, connections
 
 from gateway_core import bridge, metrics
+from gateway_core.batching import Batcher
 from gateway_core.brokers import BaseBroker, create_broker
 from gateway_core.conf import gateway_settings
 from gateway_core.messages import Message
@@ -37,7 +38,7 @@ from gateway_core.tenancy import DEFAULT_APP, AppDirectory, AppInfo, AppLimits
 from gateway_node.routing import NodeRouting
 from gateway_node.supervisor import LoopFactory, Supervised
 from push_app.ledger import DeliveryLedger
-from push_app.recipients import RecipientLedger, Recovery, inbox, settle
+from push_app.recipients import InboxAsk, RecipientLedger, Recovery, inboxes, settle
 from push_app.rejections import RejectionCounter
 from push_app.relay import Relay
 from push_app.tenancy import app_infos
@@ -59,6 +60,9 @@ Role = Literal["all", "web"]
 
 #: A push id as ``push_app.services.new_push_id`` makes them (``since`` must be one).
 _PUSH_ID = re.compile(r"[0-9a-f]{32}")
+#: Connecting sessions whose inboxes one database job reads at most: 0.1-0.3 ms each, so a
+#: job of them holds up the pushes' commits, which share the thread, a few ms at most.
+INBOX_READS_PER_JOB = 20
 #: How long the node's loops get to end once cancelled before their broker is closed
 #: under them.
 STOP_WAIT_S = 2.0
@@ -103,6 +107,9 @@ class GatewayNode:
         self.ledger = DeliveryLedger(node_id=self.node_id)
         #: Per-recipient deliveries and acks (PROTOCOL.md section 6).
         self.recipients = RecipientLedger()
+        #: Connecting sessions' inbox reads, one database job for those arriving together.
+        self.inbox_reads: Batcher[InboxAsk, Recovery] = Batcher(
+            self._read_inboxes, max_items=INBOX_READS_PER_JOB, name="inbox-reads")
         self.deliverer = Deliverer(
             node_id=self.node_id, registry=self.registry, on_delivered=self.ledger.delivered,
             close_session=self.hub.close, drop_session=self.hub.drop,
@@ -181,9 +188,7 @@ class GatewayNode:
         connection."""
         valid = since if since is not None and _PUSH_ID.fullmatch(since) else None
         try:
-            recovery = await self.db(functools.partial(
-                inbox, app=session.app_id, user_id=session.user_id, since=valid,
-                limit=gateway_settings.max_pending_per_user))
+            recovery = await self.inbox_reads.call((session.app_id, session.user_id, valid))
         except Exception:
             logger.warning("reading the inbox of %s failed; no replay", session.user_id,
                            exc_info=True, extra={"session_id": session.session_id})
@@ -192,6 +197,10 @@ class GatewayNode:
                   if not (p.targeted and self.recipients.recently_acked(p.id, session.user_id))]
         complete = recovery.complete if valid == since else False
         return Recovery(pushes=pushes, complete=complete)
+
+    async def _read_inboxes(self, asks: Sequence[InboxAsk]) -> list[Recovery | Exception]:
+        return await self.db(functools.partial(
+            inboxes, list(asks), limit=gateway_settings.max_pending_per_user))
 
     def replayed(self, session: ChannelSession, push_ids: list[str]) -> None:
         """Targeted pushes a replay wrote to ``session``: deliveries like live ones."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -181,6 +181,23 @@ def replay_frame(log_id: str, topic: str | None, data_json: str, created: dateti
         + ',"ts":' + str(int(created.timestamp() * 1000))
         + (',"redelivered":true}' if redelivered else "}")
     )
+
+
+#: One connecting session's inbox read: (app, user id, ``since`` or None).
+InboxAsk = tuple[str, str, str | None]
+
+
+def inboxes(asks: Sequence[InboxAsk], *, limit: int) -> list[Recovery | Exception]:
+    """``inbox`` for the sessions connecting at the same moment, in one database job: in a
+    reconnect storm the hand-off to the database thread cost more than the read itself
+    (docs/performance.md, "What a reconnect costs"). A read that fails fails alone."""
+    found: list[Recovery | Exception] = []
+    for app, user_id, since in asks:
+        try:
+            found.append(inbox(app=app, user_id=user_id, since=since, limit=limit))
+        except Exception as exc:
+            found.append(exc)
+    return found
 
 
 def inbox(*, app: str, user_id: str, since: str | None, limit: int,

@@ -16,10 +16,12 @@ from gateway_core.tokens import encode_token
 from gateway_node.node import GatewayNode, get_node, set_node
 from push_app import services
 from push_app.models import PushLog, PushStatus
+from push_app.recipients import Recovery
 from push_app.validation import push_request
 from sessions_app.consumers import GatewayConsumer
 from sessions_app.models import Node as NodeRow
 from sessions_app.models import SessionRecord
+from tests.support.sessions import make_session
 
 
 async def eventually(predicate, *, timeout_s: float = 3.0) -> None:
@@ -144,6 +146,26 @@ async def test_the_ledger_is_written_a_database_job_per_part(node: GatewayNode,
     node.db = works
     await node.write_ledger()
     assert jobs[1:] == [{"p2": (1, 0), "p3": (1, 0)}, {"p4": (1, 0)}]
+
+
+async def test_sessions_connecting_together_have_their_inboxes_read_in_one_job(
+        node: GatewayNode):
+    jobs: list[list] = []
+
+    async def db(fn, *args):
+        asks = fn.args[0]
+        jobs.append(asks)
+        return [Recovery(pushes=[], complete=None if since is None else True)
+                for _, _, since in asks]
+
+    node.db = db
+    since = "0" * 32
+    found = await asyncio.gather(*(node.recover(make_session(f"u{i}", f"s{i}"), since)
+                                   for i in range(5)))
+    # One hand-off to the database thread for the five, not five.
+    assert [[user for _, user, _ in job] for job in jobs] == [["u0", "u1", "u2", "u3", "u4"]]
+    assert all(job_since == since for job in jobs for _, _, job_since in job)
+    assert [r.complete for r in found] == [True] * 5
 
 
 @pytest.mark.django_db(transaction=True)
