@@ -55,6 +55,8 @@ class Receiver:
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._release: asyncio.Event | None = None
+        #: Open client connections, closed by ``stop`` (``Server.close_clients`` is 3.13+).
+        self._writers: set[asyncio.StreamWriter] = set()
 
     def url(self, path: str = "/hook") -> str:
         return f"http://{self.host}:{self.port}{path}"
@@ -101,7 +103,8 @@ class Receiver:
             assert self._release is not None
             self._release.set()
             server.close()
-            server.close_clients()
+            for writer in list(self._writers):
+                writer.close()
             await asyncio.sleep(0)
             loop.stop()
 
@@ -119,6 +122,7 @@ class Receiver:
     # --- HTTP -----------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -154,6 +158,7 @@ class Receiver:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
 
