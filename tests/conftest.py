@@ -3,6 +3,7 @@ gateway processes (end-to-end tests). Helpers live in ``tests/support``."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,19 @@ def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[GatewayNode]:
     finally:
         set_node(None)
         installed._db_executor.shutdown(wait=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``serial`` tests go last: they stop or restart a service the other tests use."""
+    items.sort(key=lambda item: item.get_closest_marker("serial") is not None)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``serial`` test under pytest-xdist would break the tests of the other workers (and
+    their RocketMQ topics, which a restart loses): scripts/test.sh runs them alone."""
+    if item.get_closest_marker("serial") and os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.fail("a serial test runs alone: not under pytest-xdist (-n); "
+                    "scripts/test.sh runs them after the others", pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)

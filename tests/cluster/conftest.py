@@ -3,7 +3,10 @@
 Each test module gets a fresh PostgreSQL database (created here, migrated once, dropped with
 ``FORCE`` at the end) and starts its nodes with ``--no-migrate``. Node ids carry a random
 suffix: a RocketMQ consumer group (``gateway-<node id>``) outlives the node on the broker.
-The Redis broker gets a stream of its own per cluster through ``GATEWAY_ROCKETMQ_TOPIC``.
+The Redis broker gets a stream of its own per cluster through ``GATEWAY_ROCKETMQ_TOPIC``, and
+the RocketMQ clusters of each pytest-xdist worker a topic of the worker's own. The tests that
+stop or restart the shared RocketMQ or Redis are marked ``serial``: they run last, never
+beside another test.
 Every process started here is stopped by the fixture that started it, even on failure, and
 a failing test's report carries the tail of every live node's log.
 """
@@ -35,11 +38,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         for gw in LIVE:
             report.sections.append((f"node {gw.node_id} log (tail)", gw.log()[-6000:]))
     return report
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The RocketMQ outage goes last: it restarts the broker every other module uses."""
-    items.sort(key=lambda item: item.path.name == "test_rocketmq_outage.py")
 
 
 @pytest.fixture(scope="module")

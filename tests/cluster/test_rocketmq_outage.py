@@ -2,8 +2,8 @@
 silently lost). ``scripts/rocketmq.sh start`` wipes the store and re-creates the topic, so
 the nodes' producers, consumers and consumer groups all start over on a new broker.
 
-This module stops the shared RocketMQ: the conftest runs it after the other cluster
-modules, and ``rocketmq_restored`` starts RocketMQ again whatever happens.
+This module stops the shared RocketMQ: it is ``serial`` (run alone, after every other test),
+and ``rocketmq_restored`` starts RocketMQ again whatever happens.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.support.clients import Api, eventually, recv_push, uid
 from tests.support.cluster import Cluster, rocketmq_running, rocketmq_script
 from tests.support.services import redis_url
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.rocketmq]
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.rocketmq, pytest.mark.serial]
 
 #: After ``rocketmq.sh start`` returns: how long the pushes kept through the outage may take
 #: to arrive (relay back-off, new routes, consumers rebuilt on the new broker).

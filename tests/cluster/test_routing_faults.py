@@ -205,6 +205,7 @@ async def test_a_node_killed_and_a_node_added_while_pushes_flow(cluster: Cluster
         await reader.close()
 
 
+@pytest.mark.serial  # restarts the suite's Redis, empty: every other test's keys go with it
 @pytest.mark.parametrize("broker", [pytest.param("rocketmq", marks=pytest.mark.rocketmq)])
 async def test_redis_restarted_under_a_routed_cluster(broker: str, make_cluster) -> None:
     """The map is lost with Redis (no persistence): the router broadcasts while a live node

@@ -3,12 +3,15 @@ PostgreSQL, the databases they share, and the RocketMQ script.
 
 Node ids carry a random suffix: a RocketMQ consumer group (``gateway-<node id>``) outlives
 the node on the broker. The Redis broker gets a stream of its own per cluster through
-``GATEWAY_ROCKETMQ_TOPIC``.
+``GATEWAY_ROCKETMQ_TOPIC``; the RocketMQ clusters of a pytest-xdist worker get a topic of the
+worker's own (``rocketmq_topic``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import subprocess
 import time
 import uuid
@@ -150,9 +153,9 @@ def cluster_env(broker: str, database: str, run_id: str) -> dict[str, str]:
         "GATEWAY_RECORD_INTERVAL": "1",
     }
     if broker == "rocketmq":
-        # The topic must exist on the broker (mqadmin): every cluster uses the default one.
+        # The topic must exist on the broker (mqadmin): the suite's, or this worker's own.
         env["GATEWAY_ROCKETMQ_ENDPOINT"] = rocketmq_endpoint()
-        env["GATEWAY_ROCKETMQ_TOPIC"] = "gateway-push"
+        env["GATEWAY_ROCKETMQ_TOPIC"] = rocketmq_topic()
     elif broker == "redis":
         # The topic names the stream key: a stream of this cluster's own.
         env["REDIS_URL"] = redis_url()
@@ -194,13 +197,34 @@ def delete_stream(cluster: Cluster) -> None:
 # --- RocketMQ ----------------------------------------------------------------------------
 
 ROCKETMQ_SH = REPO / "scripts" / "rocketmq.sh"
+#: The topic ``scripts/rocketmq.sh start`` creates (its default ``GATEWAY_ROCKETMQ_TOPIC``).
+SUITE_TOPIC = "gateway-push"
 
 
-def rocketmq_script(command: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+def rocketmq_script(command: str, timeout_s: float = 180,
+                    *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(ROCKETMQ_SH), command], cwd=REPO, capture_output=True, text=True,
+        ["bash", str(ROCKETMQ_SH), command, *args], cwd=REPO, capture_output=True, text=True,
         timeout=timeout_s, check=False,
     )
+
+
+@functools.cache
+def rocketmq_topic() -> str:
+    """The topic of this process's RocketMQ clusters. A plain run uses the suite's. Under
+    pytest-xdist each worker has one of its own, created on first use: on a shared topic a
+    cluster of another worker would read this worker's broadcasts (and count them in its
+    metrics), and a routed cluster's presence map is named after its topic. The serial
+    tests, which restart RocketMQ (and so lose every topic but the suite's), never run
+    under xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker:
+        return SUITE_TOPIC
+    topic = f"{SUITE_TOPIC}-{worker}"
+    created = rocketmq_script("create-topic", 120, topic)
+    if created.returncode != 0:
+        raise RuntimeError(f"could not create RocketMQ topic {topic}:\n{created.stderr}")
+    return topic
 
 
 def rocketmq_running() -> bool:
