@@ -52,13 +52,19 @@ for arg in "$@"; do
   fi
 done
 # The whole suite: most tests wait on beats, timeouts and other processes far more than
-# they compute, so they run in parallel, a file per worker (pytest-xdist); the cluster
-# tests and the other RocketMQ tests share (and restart) the suite's one RocketMQ and
-# Redis, so they run after, alone. Exit code 5 is "nothing selected".
+# they compute, so they run in parallel, a file per worker (pytest-xdist), the cluster
+# tests among them: each worker's RocketMQ clusters get a topic of their own, and Redis keys
+# and PostgreSQL databases are per cluster already. Files go out in collection order (the
+# long ones of tests/bench, tests/clients and tests/cluster first, the many short unit files
+# last to fill the tail), not xdist's default of most tests first, which started the long
+# files last. The `serial` tests stop or restart the suite's one RocketMQ or Redis: they
+# run after, alone. Exit code 5 is "nothing selected".
 status=0
-.venv/bin/python -m pytest -n "${GATEWAY_TEST_WORKERS:-4}" --dist loadfile \
-  --ignore=tests/cluster -m "not rocketmq" "$@" || status=$?
-.venv/bin/python -m pytest tests/cluster "$@" || status=$?
-.venv/bin/python -m pytest --ignore=tests/cluster -m rocketmq "$@" \
-  || { rc=$?; [ "$rc" -eq 5 ] || status=$rc; }
+started=$SECONDS
+.venv/bin/python -m pytest -n "${GATEWAY_TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder \
+  -m "not serial" "$@" || status=$?
+echo "test.sh: parallel tests took $((SECONDS - started)) s"
+started=$SECONDS
+.venv/bin/python -m pytest -m serial "$@" || { rc=$?; [ "$rc" -eq 5 ] || status=$rc; }
+echo "test.sh: serial tests took $((SECONDS - started)) s"
 exit "$status"
