@@ -350,14 +350,18 @@ class PresenceMap:
         return self._markers(nodes, await self._fields(nodes))
 
     def _markers(self, nodes: list[str], fields: list[dict[Any, Any]]) -> dict[str, set[str]]:
-        """Each node with a live marker and none of its processes' marked incomplete: a node
-        any of whose processes may lack sessions in the map counts as having no marker."""
         found = {}
         for node, values in zip(nodes, fields, strict=True):
             live = self._live(values)
-            if live and all(count != INCOMPLETE for count in live.values()):
+            if live:
                 found[node] = set(live)
         return found
+
+    def _incomplete(self, nodes: list[str], fields: list[dict[Any, Any]]) -> set[str]:
+        """The nodes a live process of which marked its marker incomplete: their entries are
+        live (a lookup keeps them) but not all there (a router must not trust them)."""
+        return {node for node, values in zip(nodes, fields, strict=True)
+                if INCOMPLETE in self._live(values).values()}
 
     async def lookup(self, users: Iterable[tuple[str, str]],
                      *, also_nodes: Iterable[str] = ()) -> tuple[dict[tuple[str, str],
@@ -420,7 +424,9 @@ class PresenceMap:
                                                                   dict[str, set[str]]]:
         """The live nodes holding each ``(app, user)``, and the live markers of the nodes
         met (plus ``also_nodes``): what routing needs, in one round trip (a server-side
-        script over every user's set, and the markers in the same pipeline)."""
+        script over every user's set, and the markers in the same pipeline). A node of
+        ``also_nodes`` whose marker is incomplete (``mark_incomplete``) is left out of the
+        markers, as a node without one."""
         started = time.perf_counter()
         keys = list(dict.fromkeys(users))
         asked = sorted(set(also_nodes))
@@ -434,7 +440,9 @@ class PresenceMap:
             pipe.hgetall(self.keys.node(node))
         answers = await self._run(pipe.execute()) if keys or asked else []
         per_user = answers[0] if keys else []
-        live = self._markers(asked, answers[1:] if keys else answers)
+        fields = answers[1:] if keys else answers
+        live = self._markers(asked, fields)
+        incomplete = self._incomplete(asked, fields)
         pairs: list[list[tuple[str, str]]] = []
         unasked: set[str] = set()
         for joined in per_user:
@@ -459,7 +467,8 @@ class PresenceMap:
             with contextlib.suppress(PresenceUnavailable):
                 await self.lookup(stale[:1000])
         self.metrics.lookup_seconds.observe(time.perf_counter() - started)
-        return found, live
+        return found, {node: found_in for node, found_in in live.items()
+                       if node not in incomplete}
 
     async def connections(self, app: str, user: str) -> list[Connection]:
         """The user's live connections across the cluster, oldest first."""

@@ -148,6 +148,11 @@ async def test_a_storm_of_adds_is_held_and_an_incomplete_marker_is_no_marker(map
     await node.mark_incomplete()
     assert (await reader.holders([], also_nodes=["n1"]))[1] == {}
     assert node.dirty
+    # Its entries are still live: a lookup meeting them keeps them (were they taken for a
+    # dead node's and removed, a complete marker would soon vouch for a map missing them).
+    found, _ = await reader.lookup([("default", "u7")])
+    assert [c.session_id for c in found[("default", "u7")]] == ["s7"]
+    assert await maps.client.zcard(node.keys.user("default", "u7")) == 1
     await node.beat(lambda: [LocalSession("default", "u1", "s1", 1.0)])
     assert (await reader.holders([], also_nodes=["n1"]))[1] == {"n1": {"i1"}}
 
