@@ -206,10 +206,14 @@ class PresenceMap:
         beat has re-added them all and rewritten the marker."""
         self.dirty = True
         pipe = self._redis().pipeline(transaction=False)
-        pipe.hset(self.keys.node(self.node_id), self.incarnation,
-                  f"{int(self.clock() * 1000)}:{INCOMPLETE}")
-        pipe.expire(self.keys.node(self.node_id), self.node_timeout_s)
+        self._write_marker(pipe, INCOMPLETE)
         await self._run(pipe.execute())
+
+    def _write_marker(self, pipe: Any, sessions: int) -> None:
+        """Queue on ``pipe`` this process's marker: beat now, ``sessions`` held."""
+        pipe.hset(self.keys.node(self.node_id), self.incarnation,
+                  f"{int(self.clock() * 1000)}:{sessions}")
+        pipe.expire(self.keys.node(self.node_id), self.node_timeout_s)
 
     def remove(self, *, app: str, user: str, session_id: str) -> None:
         """Queue the removal of one connection of this node (written by ``flush``)."""
@@ -266,9 +270,7 @@ class PresenceMap:
         else:
             count = sum(1 for _ in sessions())
         pipe = redis.pipeline(transaction=False)
-        pipe.hset(self.keys.node(self.node_id), self.incarnation,
-                  f"{int(self.clock() * 1000)}:{count}")
-        pipe.expire(self.keys.node(self.node_id), self.node_timeout_s)
+        self._write_marker(pipe, count)
         pipe.sadd(self.keys.nodes, self.node_id)
         await self._run(pipe.execute())
         self.size = await self.cluster_size()
@@ -350,18 +352,22 @@ class PresenceMap:
         return self._markers(nodes, await self._fields(nodes))
 
     def _markers(self, nodes: list[str], fields: list[dict[Any, Any]]) -> dict[str, set[str]]:
-        found = {}
+        return self._markers_and_incomplete(nodes, fields)[0]
+
+    def _markers_and_incomplete(self, nodes: list[str], fields: list[dict[Any, Any]]
+                                ) -> tuple[dict[str, set[str]], set[str]]:
+        """Each node's live incarnations, and the nodes a live process of which marked its
+        marker incomplete: their entries are live (a lookup keeps them) but not all there
+        (a router must not trust them)."""
+        found: dict[str, set[str]] = {}
+        incomplete: set[str] = set()
         for node, values in zip(nodes, fields, strict=True):
             live = self._live(values)
             if live:
                 found[node] = set(live)
-        return found
-
-    def _incomplete(self, nodes: list[str], fields: list[dict[Any, Any]]) -> set[str]:
-        """The nodes a live process of which marked its marker incomplete: their entries are
-        live (a lookup keeps them) but not all there (a router must not trust them)."""
-        return {node for node, values in zip(nodes, fields, strict=True)
-                if INCOMPLETE in self._live(values).values()}
+            if INCOMPLETE in live.values():
+                incomplete.add(node)
+        return found, incomplete
 
     async def lookup(self, users: Iterable[tuple[str, str]],
                      *, also_nodes: Iterable[str] = ()) -> tuple[dict[tuple[str, str],
@@ -441,8 +447,7 @@ class PresenceMap:
         answers = await self._run(pipe.execute()) if keys or asked else []
         per_user = answers[0] if keys else []
         fields = answers[1:] if keys else answers
-        live = self._markers(asked, fields)
-        incomplete = self._incomplete(asked, fields)
+        live, incomplete = self._markers_and_incomplete(asked, fields)
         pairs: list[list[tuple[str, str]]] = []
         unasked: set[str] = set()
         for joined in per_user:
