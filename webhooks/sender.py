@@ -172,10 +172,7 @@ class WebhookSender:
         except BaseException:
             self._outcomes[:0] = taken
             raise
-        if failed:
-            self._failed.inc(failed)
-        for out in taken:
-            self._forget(out.claimed)
+        self._written(taken, failed)
         for item in claimed:
             self.held[item.endpoint_id] = self.held.get(item.endpoint_id, 0) + 1
             self._claims[item.token] = self._claims.get(item.token, 0) + 1
@@ -248,11 +245,16 @@ class WebhookSender:
         except BaseException:
             self._outcomes[:0] = taken
             raise
+        self._written(taken, failed)
+        self.wake()
+
+    def _written(self, taken: list[Outcome], failed: int) -> None:
+        """Outcomes stored (``failed`` of them ended as failed): their deliveries leave
+        the endpoints' lanes."""
         if failed:
             self._failed.inc(failed)
         for out in taken:
             self._forget(out.claimed)
-        self.wake()
 
     def _forget(self, item: Claimed) -> None:
         held = self.held.get(item.endpoint_id, 0) - 1
